@@ -1,0 +1,47 @@
+# devicepipe developer tasks. `make test` and `make demo` set up .venv themselves (Python 3.13).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# Python 3.13 matches the Lambda runtime (and lets `sam build` work): PYTHON=... overrides the search.
+PYTHON ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1)
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: help venv test lint typecheck template unit integration bench build clean
+
+help:
+	@echo "make test   - lint, type-check, template checks and the whole test suite (what CI runs)"
+	@echo "make bench  - benchmarks, each printed as a ratio against its baseline"
+	@echo "make build  - sam build (needs Python 3.13)"
+
+$(BIN)/.installed: pyproject.toml layers/common/requirements.txt
+	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, or run make PYTHON=/path/to/python3.13)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -r layers/common/requirements.txt
+	@touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy layers/common/devicepipe functions devicepipe_tools tests benchmarks
+
+template: venv
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/sam validate --lint
+
+test: lint typecheck template
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+build: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""devicepipe developer tooling: template, sample events, producer, local stack.
+
+Never imported by Lambda code."""

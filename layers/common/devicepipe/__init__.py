@@ -1,0 +1,1 @@
+"""devicepipe runtime library: the code every Lambda function imports (shipped as the common layer)."""

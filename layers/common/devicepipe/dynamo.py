@@ -1,0 +1,181 @@
+"""DynamoDB writes for readings: batched, concurrent, retried, and safe to replay.
+
+Items are already in DynamoDB's wire format (see ``models``), so the low-level client is used directly:
+boto3's resource layer and ``TypeSerializer`` would cost more CPU than the rest of the ingest together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devicepipe.models import LATEST_SK, AttributeValue, Reading, device_pk
+from devicepipe.observability import logger
+from devicepipe.retry import Retrier, error_code
+
+Item = dict[str, AttributeValue]
+BATCH_WRITE_LIMIT = 25
+#: An older or equal ``(ts, seq)`` never replaces a newer one: equal versions make a replay a no-op.
+LATEST_CONDITION = "attribute_not_exists(pk) OR latest_at < :version"
+
+
+class DynamoClient(Protocol):
+    """The part of boto3's DynamoDB client the writer uses (fakes in unit tests implement the same)."""
+
+    @property
+    def batch_write_item(self) -> Callable[..., Any]: ...
+
+    @property
+    def put_item(self) -> Callable[..., Any]: ...
+
+
+def reading_item(reading: Reading, *, origin_region: str, ingested_at: str, ttl_days: int) -> Item:
+    """The reading item: deterministic for a given record, so writing it again changes nothing."""
+    return {
+        "pk": {"S": device_pk(reading.device_id)},
+        "sk": {"S": reading.sk},
+        **reading.attributes,
+        "origin_region": {"S": origin_region},
+        "ingested_at": {"S": ingested_at},
+        "expires_at": {"N": str(reading.epoch_s + ttl_days * 86_400)},
+    }
+
+
+def latest_item(reading: Reading, item: Item) -> Item:
+    """The device's LATEST item from its reading item; ``latest_branch`` makes the branch GSI sparse."""
+    return {
+        **item,
+        "sk": {"S": LATEST_SK},
+        "latest_branch": {"S": reading.branch_id},
+        "latest_at": {"S": reading.version},
+    }
+
+
+@dataclass
+class WriteResult:
+    """What happened to a list of items, by index into that list."""
+
+    failed: dict[int, str] = field(default_factory=dict)  # transient: retry later (batchItemFailures)
+    rejected: dict[int, str] = field(default_factory=dict)  # DynamoDB refuses the item itself: quarantine
+    stale: set[int] = field(default_factory=set)  # LATEST already newer or equal: nothing to do
+    retries: int = 0
+    calls: int = 0
+
+
+class DynamoWriter:
+    """Writes reading and LATEST items to one table.
+
+    Parameters
+    ----------
+    client
+        A boto3 DynamoDB client (thread-safe; its connection pool should be at least the executor's size).
+    table_name
+        The table (same name in every region of the global table).
+    executor
+        Runs calls concurrently; its worker count bounds the calls in flight.
+    retrier
+        Backoff, attempt limit and deadline for throttling, 5xx and ``UnprocessedItems``.
+    """
+
+    def __init__(self, client: DynamoClient, table_name: str, executor: Executor, retrier: Retrier) -> None:
+        self.client = client
+        self.table_name = table_name
+        self.executor = executor
+        self.retrier = retrier
+
+    def write_readings(self, items: Sequence[Item]) -> WriteResult:
+        """BatchWriteItem in chunks of 25, all chunks in flight at once (bounded by the executor).
+
+        Items must have distinct keys (BatchWriteItem refuses duplicates within one call).
+        """
+        chunks = [range(i, min(i + BATCH_WRITE_LIMIT, len(items))) for i in range(0, len(items), BATCH_WRITE_LIMIT)]
+        result = WriteResult()
+        for part in self.executor.map(lambda c: self._write_chunk(items, c), chunks):
+            result.failed.update(part.failed)
+            result.rejected.update(part.rejected)
+            result.retries += part.retries
+            result.calls += part.calls
+        return result
+
+    def put_latest(self, items: Sequence[Item]) -> WriteResult:
+        """One conditional PutItem per LATEST item, concurrently."""
+        result = WriteResult()
+        for i, (status, detail, retries, calls) in enumerate(self.executor.map(self._put_latest, items)):
+            result.retries += retries
+            result.calls += calls
+            if status == "stale":
+                result.stale.add(i)
+            elif status == "failed":
+                result.failed[i] = detail
+            elif status == "rejected":
+                result.rejected[i] = detail
+        return result
+
+    def _write_chunk(self, items: Sequence[Item], indices: range) -> WriteResult:
+        result = WriteResult()
+        pending = {(items[i]["pk"]["S"], items[i]["sk"]["S"]): i for i in indices}
+
+        def attempt() -> bool:
+            nonlocal pending
+            result.calls += 1
+            response = self.client.batch_write_item(
+                RequestItems={self.table_name: [{"PutRequest": {"Item": items[i]}} for i in pending.values()]}
+            )
+            unprocessed = response.get("UnprocessedItems", {}).get(self.table_name, [])
+            left = (r["PutRequest"]["Item"] for r in unprocessed)
+            pending = {(i["pk"]["S"], i["sk"]["S"]): pending[(i["pk"]["S"], i["sk"]["S"])] for i in left}
+            return not pending
+
+        try:
+            outcome = self.retrier.run(attempt)
+        except Exception as exc:
+            if error_code(exc) == "ValidationException":
+                # One item DynamoDB refuses fails the whole call: find it by writing the chunk one by one.
+                return self._write_singly(items, list(pending.values()), result)
+            logger.exception("BatchWriteItem failed with a non-retryable error", extra={"code": error_code(exc)})
+            result.failed.update((i, f"{error_code(exc) or type(exc).__name__}: {exc}") for i in pending.values())
+            return result
+        result.retries += outcome.retries
+        if not outcome.done:
+            result.failed.update((i, outcome.error) for i in pending.values())
+        return result
+
+    def _write_singly(self, items: Sequence[Item], indices: list[int], result: WriteResult) -> WriteResult:
+        for i in indices:
+            status, detail, retries, calls = self._put(items[i])
+            result.retries += retries
+            result.calls += calls
+            if status == "failed":
+                result.failed[i] = detail
+            elif status == "rejected":
+                result.rejected[i] = detail
+        return result
+
+    def _put_latest(self, item: Item) -> tuple[str, str, int, int]:
+        return self._put(
+            item, ConditionExpression=LATEST_CONDITION, ExpressionAttributeValues={":version": item["latest_at"]}
+        )
+
+    def _put(self, item: Item, **condition: Any) -> tuple[str, str, int, int]:
+        """PutItem with retries: ``(status, detail, retries, calls)``, status ok/stale/failed/rejected."""
+        calls = 0
+
+        def attempt() -> bool:
+            nonlocal calls
+            calls += 1
+            self.client.put_item(TableName=self.table_name, Item=item, **condition)
+            return True
+
+        try:
+            outcome = self.retrier.run(attempt)
+        except Exception as exc:
+            code = error_code(exc)
+            if code == "ConditionalCheckFailedException":
+                return "stale", "", 0, calls
+            if code == "ValidationException":
+                return "rejected", f"rejected by DynamoDB: {exc}", 0, calls
+            logger.exception("PutItem failed with a non-retryable error", extra={"code": code})
+            return "failed", f"{code or type(exc).__name__}: {exc}", 0, calls
+        return ("ok", "", outcome.retries, calls) if outcome.done else ("failed", outcome.error, outcome.retries, calls)

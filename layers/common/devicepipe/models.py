@@ -1,0 +1,258 @@
+"""The reading contract (DESIGN.md "The reading"): validation, canonical form and storage keys.
+
+A reading is validated and marshalled to DynamoDB's wire format in one pass, because the ingest hot path
+must stay within a small multiple of ``json.loads`` (see ``make bench``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+#: Fields the pipeline itself stores on items; a reading may not carry them as extra fields.
+RESERVED_FIELDS = frozenset({"pk", "sk", "origin_region", "ingested_at", "expires_at", "latest_branch", "latest_at"})
+#: Earliest accepted event time (epoch ms): rejects epoch-seconds sent where milliseconds are expected.
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+#: DynamoDB limits a value nesting to 32 levels; the item itself and ``metrics`` use two of them.
+MAX_DEPTH = 30
+#: Widest ``seq`` (int64) once zero-padded into the sort key.
+SEQ_WIDTH = 19
+MAX_SEQ = 2**63 - 1
+
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+_RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z")
+_DDB_MAX_N = 9.9999999999999999999999999999999999999e125
+_DDB_MIN_N = 1e-130
+_MAX_INT_DIGITS = 38
+_CORE_FIELDS = ("device_id", "branch_id", "ts", "seq", "metrics")
+
+AttributeValue = dict[str, Any]
+
+
+class InvalidReading(ValueError):
+    """A record that breaks the reading contract; ``reason`` says which rule, for the quarantine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """A validated reading in canonical form.
+
+    ``ts`` is the event time as fixed-width UTC (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), so it sorts as text.
+    ``attributes`` is the reading already marshalled to DynamoDB attribute values (core and extra fields),
+    the form every writer needs.
+    """
+
+    device_id: str
+    branch_id: str
+    ts: str
+    seq: int
+    epoch_s: int
+    attributes: dict[str, AttributeValue]
+
+    @property
+    def version(self) -> str:
+        """``(ts, seq)`` as one sortable string: a newer reading has a greater version."""
+        return f"{self.ts}#{self.seq:0{SEQ_WIDTH}d}"
+
+    @property
+    def pk(self) -> str:
+        return device_pk(self.device_id)
+
+    @property
+    def sk(self) -> str:
+        return "R#" + self.version
+
+
+def device_pk(device_id: str) -> str:
+    """Partition key shared by a device's readings and its LATEST item."""
+    return "DEVICE#" + device_id
+
+
+LATEST_SK = "LATEST"
+
+
+def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_400) -> Reading:
+    """Validate a decoded JSON value against the reading contract.
+
+    Parameters
+    ----------
+    obj
+        The value ``json.loads`` produced for one record.
+    now_s
+        Current time (epoch seconds); readings later than ``now_s + max_skew_s`` are rejected so that one
+        device with a wrong clock cannot pin its LATEST item in the future. Defaults to the clock.
+    max_skew_s
+        Allowed clock skew of devices, in seconds.
+
+    Returns
+    -------
+    Reading
+
+    Raises
+    ------
+    InvalidReading
+        With a reason naming the broken rule.
+    """
+    if type(obj) is not dict:
+        raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
+    device_id = obj.get("device_id")
+    branch_id = obj.get("branch_id")
+    if type(device_id) is not str or not _ID_RE.match(device_id):
+        raise InvalidReading(_id_reason("device_id", device_id))
+    if type(branch_id) is not str or not _ID_RE.match(branch_id):
+        raise InvalidReading(_id_reason("branch_id", branch_id))
+    if "ts" not in obj:
+        raise InvalidReading("ts: required")
+    epoch_us = _parse_ts(obj["ts"])
+    limit_us = int(((time.time() if now_s is None else now_s) + max_skew_s) * 1_000_000)
+    if epoch_us > limit_us:
+        raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
+    seq = obj.get("seq", 0)
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise InvalidReading("seq: must be an integer from 0 to 2^63-1")
+    metrics = obj.get("metrics")
+    if type(metrics) is not dict:
+        got = "required" if metrics is None else f"must be an object, got {_json_type(metrics)}"
+        raise InvalidReading(f"metrics: {got}")
+    ts = _format_us(epoch_us)
+    attributes: dict[str, AttributeValue] = {
+        "device_id": {"S": device_id},
+        "branch_id": {"S": branch_id},
+        "ts": {"S": ts},
+        "seq": {"N": str(seq)},
+        "metrics": _marshal_map(metrics, "metrics", 1),
+    }
+    if len(obj) > 4:  # extra fields are rare: skip the loop for the common five-field reading
+        for name, value in obj.items():
+            if name in _CORE_FIELDS:
+                continue
+            if name in RESERVED_FIELDS:
+                raise InvalidReading(f"{name}: reserved field name")
+            if not name:
+                raise InvalidReading("empty field name")
+            attributes[name] = _marshal(value, name, 1)
+    return Reading(device_id, branch_id, ts, seq, epoch_us // 1_000_000, attributes)
+
+
+def _parse_ts(value: Any) -> int:
+    """Event time as epoch microseconds, from RFC 3339 text with a zone or from epoch milliseconds."""
+    if type(value) is int:
+        if value < MIN_TS_MS:
+            raise InvalidReading("ts: epoch milliseconds before 2000-01-01 (seconds sent as milliseconds?)")
+        return value * 1000
+    if type(value) is str:
+        if not _RFC3339_RE.match(value):
+            raise InvalidReading("ts: not RFC 3339 with a zone (e.g. 2026-01-31T12:00:00.123Z) nor epoch ms")
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise InvalidReading("ts: not a valid date and time") from None
+        epoch_us = (parsed - _EPOCH) // _ONE_US
+        if epoch_us < MIN_TS_MS * 1000:
+            raise InvalidReading("ts: before 2000-01-01")
+        return epoch_us
+    raise InvalidReading(f"ts: must be RFC 3339 text or epoch milliseconds, got {_json_type(value)}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = datetime.resolution
+
+
+def _format_us(epoch_us: int) -> str:
+    secs, micros = divmod(epoch_us, 1_000_000)
+    t = time.gmtime(secs)
+    return f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}.{micros:06d}Z"
+
+
+def format_epoch_s(epoch_s: float) -> str:
+    """Epoch seconds as the canonical fixed-width UTC text used for every timestamp the pipeline stores."""
+    return _format_us(round(epoch_s * 1_000_000))
+
+
+def _marshal(value: Any, path: str, depth: int) -> AttributeValue:
+    """One JSON value as a DynamoDB attribute value, refusing what DynamoDB would reject for the whole batch."""
+    t = type(value)
+    if t is str:
+        return {"S": value}
+    if t is bool:
+        return {"BOOL": value}
+    if t is int:
+        if value and len(str(abs(value))) > _MAX_INT_DIGITS:
+            raise InvalidReading(f"{path}: integer has more than {_MAX_INT_DIGITS} digits")
+        return {"N": str(value)}
+    if t is float:
+        if not math.isfinite(value) or (value and not _DDB_MIN_N <= abs(value) <= _DDB_MAX_N):
+            raise InvalidReading(f"{path}: number outside DynamoDB's range")
+        return {"N": repr(value)}
+    if t is dict:
+        return _marshal_map(value, path, depth)
+    if t is list:
+        if depth >= MAX_DEPTH:
+            raise InvalidReading(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        return {"L": [_marshal(v, path, depth + 1) for v in value]}
+    if value is None:
+        return {"NULL": True}
+    raise InvalidReading(f"{path}: unsupported value type {t.__name__}")
+
+
+def _marshal_map(value: dict[str, Any], path: str, depth: int) -> AttributeValue:
+    if depth >= MAX_DEPTH:
+        raise InvalidReading(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    out: dict[str, AttributeValue] = {}
+    for k, v in value.items():
+        if not k:
+            raise InvalidReading(f"{path}: empty key")
+        tv = type(v)
+        # Inline the two common leaf types: this loop is the hot path of the whole ingest.
+        if tv is float and math.isfinite(v) and (not v or _DDB_MIN_N <= abs(v) <= _DDB_MAX_N):
+            out[k] = {"N": repr(v)}
+        elif tv is str:
+            out[k] = {"S": v}
+        else:
+            out[k] = _marshal(v, f"{path}.{k}", depth + 1)
+    return {"M": out}
+
+
+def unmarshal(value: AttributeValue) -> Any:
+    """A DynamoDB attribute value back to plain JSON-compatible Python (numbers as int or float)."""
+    ((tag, inner),) = value.items()
+    if tag == "S":
+        return inner
+    if tag == "N":
+        return int(inner) if inner.lstrip("-").isdigit() else float(inner)
+    if tag == "M":
+        return {k: unmarshal(v) for k, v in inner.items()}
+    if tag == "L":
+        return [unmarshal(v) for v in inner]
+    if tag == "BOOL":
+        return inner
+    if tag == "NULL":
+        return None
+    raise ValueError(f"unsupported attribute type {tag}")
+
+
+def unmarshal_item(item: dict[str, AttributeValue]) -> dict[str, Any]:
+    """A whole DynamoDB item (or stream image) as a plain dict."""
+    return {k: unmarshal(v) for k, v in item.items()}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _id_reason(field: str, value: Any) -> str:
+    if value is None:
+        return f"{field}: required"
+    if type(value) is not str:
+        return f"{field}: must be a string, got {_json_type(value)}"
+    return f"{field}: must be 1-128 characters of [A-Za-z0-9._:-]"
