@@ -11,10 +11,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 from devicepipe.config import IngestSettings
-from devicepipe.dynamo import DynamoWriter
-from devicepipe.ingest import Ingestor, IngestReport
+from devicepipe.ingest import Ingestor, IngestReport, build_ingestor
 from devicepipe.observability import logger, metrics, tracer
-from devicepipe.quarantine import S3Quarantine
 from devicepipe.retry import Deadline, Retrier
 
 
@@ -31,10 +29,14 @@ def _ingestor() -> tuple[Ingestor, Deadline]:
     )
     executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="ingest")
     deadline = Deadline(lambda: 2**31)  # replaced per invocation by the context's remaining time
-    retrier = Retrier(deadline=deadline)
-    writer = DynamoWriter(boto3.client("dynamodb", config=config), settings.table_name, executor, retrier)
-    quarantine = S3Quarantine(boto3.client("s3", config=config), settings.quarantine_bucket, executor, retrier)
-    return Ingestor(settings, writer, quarantine), deadline
+    ingestor = build_ingestor(
+        settings,
+        boto3.client("dynamodb", config=config),
+        boto3.client("s3", config=config),
+        executor,
+        Retrier(deadline=deadline),
+    )
+    return ingestor, deadline
 
 
 @logger.inject_lambda_context

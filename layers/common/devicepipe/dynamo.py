@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from devicepipe.models import LATEST_SK, AttributeValue, Reading, device_pk
+from devicepipe.models import LATEST_SK, AttributeValue, Reading
 from devicepipe.observability import logger
 from devicepipe.retry import Retrier, error_code
 
@@ -32,21 +32,21 @@ class DynamoClient(Protocol):
 
 
 def reading_item(reading: Reading, *, origin_region: str, ingested_at: str, ttl_days: int) -> Item:
-    """The reading item: deterministic for a given record, so writing it again changes nothing."""
-    return {
-        "pk": {"S": device_pk(reading.device_id)},
-        "sk": {"S": reading.sk},
-        **reading.attributes,
-        "origin_region": {"S": origin_region},
-        "ingested_at": {"S": ingested_at},
-        "expires_at": {"N": str(reading.epoch_s + ttl_days * 86_400)},
-    }
+    """The reading item: deterministic for a given record, so writing it again changes nothing.
+
+    Completes ``reading.attributes`` in place (the ingest hot path saves a copy per reading).
+    """
+    item = reading.attributes
+    item["origin_region"] = {"S": origin_region}
+    item["ingested_at"] = {"S": ingested_at}
+    item["expires_at"] = {"N": str(reading.epoch_s + ttl_days * 86_400)}
+    return item
 
 
-def latest_item(reading: Reading, item: Item) -> Item:
+def latest_item(reading: Reading) -> Item:
     """The device's LATEST item from its reading item; ``latest_branch`` makes the branch GSI sparse."""
     return {
-        **item,
+        **reading.attributes,
         "sk": {"S": LATEST_SK},
         "latest_branch": {"S": reading.branch_id},
         "latest_at": {"S": reading.version},

@@ -13,15 +13,17 @@ import binascii
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from devicepipe.config import IngestSettings
-from devicepipe.dynamo import DynamoWriter, Item, WriteResult, latest_item, reading_item
+from devicepipe.dynamo import DynamoClient, DynamoWriter, WriteResult, latest_item, reading_item
 from devicepipe.kpl import AggregationError, deaggregate, is_aggregated
 from devicepipe.models import InvalidReading, Reading, format_epoch_s, parse_reading
 from devicepipe.observability import logger
-from devicepipe.quarantine import QuarantineEntry, S3Quarantine
+from devicepipe.quarantine import QuarantineEntry, S3Client, S3Quarantine
+from devicepipe.retry import Retrier
 
 STAGE = "ingest"
 
@@ -55,26 +57,15 @@ class IngestReport:
         return {"batchItemFailures": [{"itemIdentifier": s} for s in self.failed_sequence_numbers]}
 
 
-@dataclass(slots=True)
-class _Source:
-    """Where a user record came from in the Kinesis batch."""
-
-    index: int
-    sequence_number: str
-    shard_id: str
-    partition_key: str
-    arrival_s: float
-
-
-@dataclass(slots=True)
-class _Unique:
-    """One reading to write, with the records that carried it (more than one when duplicated)."""
-
-    item: Item
-    reading: Reading
-    payload: bytes
-    sub_index: int | None
-    sources: list[_Source]
+def build_ingestor(
+    settings: IngestSettings, dynamodb: DynamoClient, s3: S3Client, executor: Executor, retrier: Retrier
+) -> Ingestor:
+    """Wire an ``Ingestor`` from clients: both adapters share the executor (bounded concurrency) and retrier."""
+    return Ingestor(
+        settings,
+        DynamoWriter(dynamodb, settings.table_name, executor, retrier),
+        S3Quarantine(s3, settings.quarantine_bucket, executor, retrier),
+    )
 
 
 class Ingestor:
@@ -107,59 +98,69 @@ class Ingestor:
     def ingest(self, records: Sequence[dict[str, Any]]) -> IngestReport:
         """Process the ``Records`` of a Kinesis event; returns the report (see ``IngestReport.response``)."""
         report = IngestReport(records=len(records))
-        rejected: list[QuarantineEntry] = []
-        rejected_sources: list[_Source] = []
-        # (pk, sk) -> reading: identical readings in one batch become one write.
-        unique: dict[tuple[str, str], _Unique] = {}
+        rejected: list[tuple[int, int | None, bytes, str]] = []  # (record index, sub-index, bytes, reason)
+        # (device, version) -> (reading, record index, sub-index): identical readings become one write.
+        unique: dict[tuple[str, str], tuple[Reading, int, int | None]] = {}
+        duplicated_in: dict[tuple[str, str], list[int]] = {}  # key -> every record index that carried it
         now_s = self.clock()
-        s = self.settings
+        region, ttl_days = self.settings.region, self.settings.reading_ttl_days
+        # The hot loop: kept flat, since its cost per record is what `make bench` compares with json.loads.
         for index, record in enumerate(records):
             kinesis = record["kinesis"]
-            source = _Source(
-                index,
-                kinesis["sequenceNumber"],
-                record.get("eventID", "").split(":", 1)[0] or "shard-unknown",
-                kinesis.get("partitionKey", ""),
-                float(kinesis.get("approximateArrivalTimestamp", now_s)),
-            )
-            ingested_at = format_epoch_s(source.arrival_s)
-            for sub_index, payload, reading_or_reason in self._decode(kinesis["data"], now_s):
-                report.user_records += 1
-                if isinstance(reading_or_reason, str):
-                    rejected.append(self._entry(source, sub_index, payload, reading_or_reason))
-                    rejected_sources.append(source)
+            ingested_at = format_epoch_s(float(kinesis.get("approximateArrivalTimestamp", now_s)))
+            try:
+                data = binascii.a2b_base64(kinesis["data"])
+            except (binascii.Error, TypeError) as exc:
+                rejected.append((index, None, str(kinesis["data"]).encode(), f"data is not base64: {exc}"))
+                continue
+            subs: Sequence[tuple[int | None, bytes]] = ((None, data),)
+            if is_aggregated(data):
+                try:
+                    subs = [(i, sub.data) for i, sub in enumerate(deaggregate(data))]
+                except AggregationError as exc:
+                    rejected.append((index, None, data, str(exc)))
                     continue
-                reading = reading_or_reason
-                key = (reading.pk, reading.sk)
-                item = reading_item(
-                    reading, origin_region=s.region, ingested_at=ingested_at, ttl_days=s.reading_ttl_days
-                )
-                seen = unique.get(key)
-                if seen is None:
-                    unique[key] = _Unique(item, reading, payload, sub_index, [source])
-                else:
+            for sub_index, payload in subs:
+                outcome = self._parse(payload, now_s)
+                if type(outcome) is str:
+                    rejected.append((index, sub_index, payload, outcome))
+                    continue
+                reading = cast(Reading, outcome)
+                reading_item(reading, origin_region=region, ingested_at=ingested_at, ttl_days=ttl_days)
+                key = (reading.device_id, reading.version)
+                previous = unique.get(key)
+                if previous is not None:
                     # Same key twice in a batch: the later record wins, as it would in sequence.
-                    report.duplicates += 1
-                    unique[key] = _Unique(item, reading, payload, sub_index, [*seen.sources, source])
+                    duplicated_in.setdefault(key, [previous[1]]).append(index)
+                unique[key] = (reading, index, sub_index)
+        report.user_records = len(unique) + len(rejected) + sum(len(v) - 1 for v in duplicated_in.values())
         report.readings = len(unique)
+        report.duplicates = report.user_records - len(unique) - len(rejected)
 
         failed: dict[int, str] = {}  # record index -> why it must be retried
-        entries = list(unique.values())
-        quarantine_future = self.writer.executor.submit(self.quarantine.put, rejected) if rejected else None
-        written = self.writer.write_readings([e.item for e in entries])
+        entries = list(unique.items())
+        quarantine_future = (
+            self.writer.executor.submit(self._quarantine, records, rejected, failed) if rejected else None
+        )
+        written = self.writer.write_readings([reading.attributes for _, (reading, _, _) in entries])
         report.retries += written.retries
         report.dynamodb_calls += written.calls
         for i, error in written.failed.items():
-            for src in entries[i].sources:
-                failed.setdefault(src.index, error)
+            key, (_, index, _) = entries[i]
+            for src in duplicated_in.get(key, [index]):
+                failed.setdefault(src, error)
         if quarantine_future is not None:
-            for i, error in quarantine_future.result().items():
-                failed.setdefault(rejected_sources[i].index, f"quarantine write failed: {error}")
+            quarantine_future.result()
         report.quarantined = len(rejected)
         if written.rejected:
-            self._quarantine_refused(entries, written.rejected, report, failed)
+            refused = [
+                (entries[i][1][1], entries[i][1][2], self._payload(records, entries[i][1][1], entries[i][1][2]), why)
+                for i, why in written.rejected.items()
+            ]
+            self._quarantine(records, refused, failed)
+            report.quarantined += len(refused)
 
-        self._update_latest(entries, written, report, failed)
+        self._update_latest(entries, duplicated_in, written, report, failed)
         report.written = len(entries) - len(written.failed) - len(written.rejected)
         report.failed_sequence_numbers = [records[i]["kinesis"]["sequenceNumber"] for i in sorted(failed)]
         if failed:
@@ -168,20 +169,6 @@ class Ingestor:
                 extra={"failed": len(failed), "first_error": failed[min(failed)]},
             )
         return report
-
-    def _decode(self, data_b64: str, now_s: float) -> list[tuple[int | None, bytes, Reading | str]]:
-        """A record's user records as ``(sub_index, bytes, Reading or rejection reason)``."""
-        try:
-            data = binascii.a2b_base64(data_b64)
-        except (binascii.Error, TypeError) as exc:
-            return [(None, str(data_b64).encode(), f"data is not base64: {exc}")]
-        if is_aggregated(data):
-            try:
-                subs = deaggregate(data)
-            except AggregationError as exc:
-                return [(None, data, str(exc))]
-            return [(i, sub.data, self._parse(sub.data, now_s)) for i, sub in enumerate(subs)]
-        return [(None, data, self._parse(data, now_s))]
 
     def _parse(self, payload: bytes, now_s: float) -> Reading | str:
         if len(payload) > self.settings.max_reading_bytes:
@@ -199,61 +186,64 @@ class Ingestor:
         except InvalidReading as exc:
             return exc.reason
 
-    def _entry(self, source: _Source, sub_index: int | None, payload: bytes, reason: str) -> QuarantineEntry:
-        logger.warning(
-            "record quarantined",
-            extra={"reason": reason, "sequence_number": source.sequence_number, "sub_index": sub_index},
-        )
-        return QuarantineEntry(
-            STAGE,
-            reason,
-            payload,
-            source.shard_id,
-            source.sequence_number,
-            sub_index,
-            source.partition_key,
-            source.arrival_s,
-        )
-
-    def _quarantine_refused(
+    def _quarantine(
         self,
-        entries: list[_Unique],
-        refused: dict[int, str],
-        report: IngestReport,
+        records: Sequence[dict[str, Any]],
+        rejected: list[tuple[int, int | None, bytes, str]],
         failed: dict[int, str],
     ) -> None:
-        """Readings that passed validation but that DynamoDB refused: quarantine them like bad records."""
-        extra: list[QuarantineEntry] = []
-        sources: list[_Source] = []
-        for i, reason in refused.items():
-            entry = entries[i]
-            extra.append(self._entry(entry.sources[-1], entry.sub_index, entry.payload, reason))
-            sources.append(entry.sources[-1])
-        for i, error in self.quarantine.put(extra).items():
-            failed.setdefault(sources[i].index, f"quarantine write failed: {error}")
-        report.quarantined += len(extra)
+        """Store rejected records; one whose quarantine write fails is left for Lambda to retry."""
+        entries = []
+        for index, sub_index, payload, reason in rejected:
+            record, kinesis = records[index], records[index]["kinesis"]
+            logger.warning(
+                "record quarantined",
+                extra={"reason": reason, "sequence_number": kinesis["sequenceNumber"], "sub_index": sub_index},
+            )
+            entries.append(
+                QuarantineEntry(
+                    STAGE,
+                    reason,
+                    payload,
+                    record.get("eventID", "").split(":", 1)[0] or "shard-unknown",
+                    kinesis["sequenceNumber"],
+                    sub_index,
+                    kinesis.get("partitionKey", ""),
+                    float(kinesis.get("approximateArrivalTimestamp", 0.0)),
+                )
+            )
+        for i, error in self.quarantine.put(entries).items():
+            failed.setdefault(rejected[i][0], f"quarantine write failed: {error}")
+
+    @staticmethod
+    def _payload(records: Sequence[dict[str, Any]], index: int, sub_index: int | None) -> bytes:
+        """The original bytes of a user record (for the rare reading that DynamoDB itself refuses)."""
+        data = binascii.a2b_base64(records[index]["kinesis"]["data"])
+        return data if sub_index is None else deaggregate(data)[sub_index].data
 
     def _update_latest(
         self,
-        entries: list[_Unique],
+        entries: list[tuple[tuple[str, str], tuple[Reading, int, int | None]]],
+        duplicated_in: dict[tuple[str, str], list[int]],
         written: WriteResult,
         report: IngestReport,
         failed: dict[int, str],
     ) -> None:
         """One conditional LATEST write per device, from its newest reading that was stored."""
         newest: dict[str, int] = {}
-        for i, entry in enumerate(entries):
+        for i, (_, (reading, _, _)) in enumerate(entries):
             if i in written.failed or i in written.rejected:
                 continue
-            best = newest.get(entry.reading.device_id)
-            if best is None or entry.reading.version > entries[best].reading.version:
-                newest[entry.reading.device_id] = i
+            best = newest.get(reading.device_id)
+            if best is None or reading.version > entries[best][1][0].version:
+                newest[reading.device_id] = i
         chosen = list(newest.values())
-        latest = self.writer.put_latest([latest_item(entries[i].reading, entries[i].item) for i in chosen])
+        latest = self.writer.put_latest([latest_item(entries[i][1][0]) for i in chosen])
         report.retries += latest.retries
         report.dynamodb_calls += latest.calls
         report.latest_stale = len(latest.stale)
         report.latest_updated = len(chosen) - len(latest.stale) - len(latest.failed) - len(latest.rejected)
         for j, error in {**latest.failed, **latest.rejected}.items():
-            for src in entries[chosen[j]].sources:
-                failed.setdefault(src.index, f"LATEST update failed: {error}")
+            key, (_, index, _) = entries[chosen[j]]
+            for src in duplicated_in.get(key, [index]):
+                failed.setdefault(src, f"LATEST update failed: {error}")

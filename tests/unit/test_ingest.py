@@ -1,0 +1,230 @@
+"""Ingest rules with in-memory fakes: batching, dedup, quarantine, retries and partial-batch failures."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from devicepipe.config import IngestSettings
+from devicepipe.dynamo import DynamoClient
+from devicepipe.ingest import Ingestor, build_ingestor
+from devicepipe.kpl import SubRecord, aggregate
+from devicepipe.models import unmarshal_item
+from devicepipe.retry import Backoff, Retrier
+
+from devicepipe_tools.events import encode, kinesis_event, reading
+from devicepipe_tools.fakes import FakeDynamo, FakeS3, FaultyDynamo
+
+SETTINGS = IngestSettings(table_name="readings", quarantine_bucket="quarantine", region="us-east-1")
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(8) as pool:
+        yield pool
+
+
+def make(
+    executor: ThreadPoolExecutor, dynamo: DynamoClient, s3: FakeS3 | None = None, attempts: int = 6
+) -> tuple[Ingestor, FakeS3]:
+    s3 = s3 or FakeS3()
+    retrier = Retrier(Backoff(max_attempts=attempts), sleep=lambda _: None)
+    ingestor = build_ingestor(SETTINGS, dynamo, s3, executor, retrier)
+    ingestor.clock = lambda: 1_795_000_000.0
+    return ingestor, s3
+
+
+def event_of(docs: list[Any], **kw: Any) -> list[dict[str, Any]]:
+    payloads = [(d.get("device_id", "x") if isinstance(d, dict) else "x", encode(d)) for d in docs]
+    records: list[dict[str, Any]] = kinesis_event(payloads, **kw)["Records"]
+    return records
+
+
+def readings(n: int, devices: int = 10) -> list[dict[str, Any]]:
+    return [reading(f"dev-{i % devices}", f"br-{i % 3}", 1_793_610_000_000 + i, i) for i in range(n)]
+
+
+def stored(dynamo: FakeDynamo, sk_prefix: str = "R#") -> dict[tuple[str, str], dict[str, Any]]:
+    return {k: unmarshal_item(v) for k, v in dynamo.items.items() if k[1].startswith(sk_prefix)}
+
+
+def test_clean_batch_writes_every_reading_and_one_latest_per_device(executor: ThreadPoolExecutor) -> None:
+    # Given 120 valid readings from 10 devices
+    dynamo = FakeDynamo()
+    ingestor, _ = make(executor, dynamo)
+    # When the batch is ingested
+    report = ingestor.ingest(event_of(readings(120)))
+    # Then every reading is stored, LATEST holds each device's newest, and calls are at their floor
+    assert report.response() == {"batchItemFailures": []}
+    assert len(stored(dynamo)) == 120 and report.written == 120
+    latest = stored(dynamo, "LATEST")
+    assert len(latest) == 10
+    assert latest[("DEVICE#dev-3", "LATEST")]["seq"] == 113
+    assert latest[("DEVICE#dev-3", "LATEST")]["latest_branch"] == "br-2"
+    assert dynamo.calls == {"BatchWriteItem": math.ceil(120 / 25), "PutItem": 10}
+    item = stored(dynamo)[("DEVICE#dev-0", "R#2026-11-02T09:00:00.000000Z#0000000000000000000")]
+    assert item["origin_region"] == "us-east-1"
+    assert item["ingested_at"] == "2026-11-18T11:06:40.000000Z"
+    assert item["expires_at"] == 1_793_610_000 + 90 * 86_400
+
+
+def test_identical_readings_in_one_batch_are_written_once(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, _ = make(executor, dynamo)
+    docs = readings(30)
+    report = ingestor.ingest(event_of(docs + docs[:5]))
+    assert report.duplicates == 5 and report.readings == 30
+    assert dynamo.calls["BatchWriteItem"] == 2
+    assert report.response() == {"batchItemFailures": []}
+
+
+def test_poison_pills_are_quarantined_with_reason_and_not_retried(executor: ThreadPoolExecutor) -> None:
+    # Given good readings with a non-JSON record, an array, a contract violation and an oversize record
+    dynamo = FakeDynamo()
+    ingestor, s3 = make(executor, dynamo)
+    records = event_of(readings(4))
+    bad = kinesis_event(
+        [
+            ("x", b"{oops"),
+            ("x", b"[1]"),
+            ("x", encode(reading("bad id", "b", 1_793_610_000_000))),
+            ("x", b'{"pad":"' + b"a" * 70_000 + b'"}'),
+            ("x", b'{"metrics": NaN}'),
+        ],
+        first_seq=50,
+    )["Records"]
+    # When ingested together
+    report = ingestor.ingest(records[:2] + bad + records[2:])
+    # Then the good ones are stored, the bad ones are in the quarantine with their bytes and reasons
+    assert report.response() == {"batchItemFailures": []}
+    assert report.written == 4 and report.quarantined == 5
+    docs = {json.loads(body)["sequence_number"]: json.loads(body) for body in s3.objects.values()}
+    reasons = sorted(d["reason"].split(":")[0] for d in docs.values())
+    assert reasons == [
+        "device_id",
+        "invalid JSON",
+        "invalid JSON",
+        "not a JSON object",
+        "record is 70010 bytes, over the 65536-byte limit",
+    ]
+    first = docs[bad[0]["kinesis"]["sequenceNumber"]]
+    assert first["payload_base64"] == "e29vcHM="  # b"{oops"
+    assert first["stage"] == "ingest" and first["shard_id"] == "shardId-000000000000"
+    (bucket, key), *_ = s3.objects
+    assert bucket == "quarantine" and key.startswith("quarantine/stage=ingest/dt=2026-11-18/shardId-000000000000/")
+
+
+def test_kpl_aggregated_record_is_split_and_bad_sub_records_quarantined(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, s3 = make(executor, dynamo)
+    subs = [SubRecord(r["device_id"], encode(r)) for r in readings(6, devices=6)]
+    subs.insert(3, SubRecord("x", b"not json"))
+    report = ingestor.ingest(kinesis_event([("dev-0", aggregate(subs))])["Records"])
+    assert report.user_records == 7 and report.written == 6 and report.quarantined == 1
+    ((_, key),) = s3.objects
+    assert key.endswith("-3.json")  # sub-record index in the key
+
+
+def test_corrupt_aggregate_is_quarantined_whole(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, s3 = make(executor, dynamo)
+    data = bytearray(aggregate([SubRecord("a", encode(readings(1)[0]))]))
+    data[-1] ^= 1
+    report = ingestor.ingest(kinesis_event([("a", bytes(data))])["Records"])
+    assert report.quarantined == 1 and report.written == 0
+    assert "checksum" in json.loads(next(iter(s3.objects.values())))["reason"]
+
+
+def test_unprocessed_items_are_retried_until_every_reading_is_stored(executor: ThreadPoolExecutor) -> None:
+    fake = FakeDynamo()
+    faulty = FaultyDynamo(fake, unprocessed_calls=6)
+    ingestor, _ = make(executor, faulty)
+    report = ingestor.ingest(event_of(readings(100)))
+    assert faulty.injected["unprocessed_calls"] == 6
+    assert report.response() == {"batchItemFailures": []}
+    assert len(stored(fake)) == 100 and report.retries >= 6
+
+
+def test_throttling_is_retried_with_backoff(executor: ThreadPoolExecutor) -> None:
+    fake = FakeDynamo()
+    faulty = FaultyDynamo(fake, throttled_calls=5)
+    ingestor, _ = make(executor, faulty)
+    report = ingestor.ingest(event_of(readings(60)))
+    assert report.response() == {"batchItemFailures": []}
+    assert len(stored(fake)) == 60 and len(stored(fake, "LATEST")) == 10
+
+
+def test_exhausted_retries_report_the_failed_records_for_lambda_to_retry(executor: ThreadPoolExecutor) -> None:
+    # Given a table that throttles far more often than the attempt budget allows
+    fake = FakeDynamo()
+    faulty = FaultyDynamo(fake, throttled_calls=1_000)
+    ingestor, _ = make(executor, faulty, attempts=2)
+    records = event_of(readings(30))
+    # When ingested
+    report = ingestor.ingest(records)
+    # Then every record is reported (none silently dropped) and nothing claims to be written
+    failed = [f["itemIdentifier"] for f in report.response()["batchItemFailures"]]
+    assert failed == [r["kinesis"]["sequenceNumber"] for r in records]
+    assert report.written == 0 and fake.items == {}
+
+
+def test_only_the_chunk_that_failed_is_reported(executor: ThreadPoolExecutor) -> None:
+    # Given a table that throttles exactly the first call (and we allow one attempt)
+    fake = FakeDynamo()
+    faulty = FaultyDynamo(fake, throttled_calls=1)
+    ingestor, _ = make(executor, faulty, attempts=1)
+    records = event_of(readings(50, devices=50))
+    report = ingestor.ingest(records)
+    # Then 25 records are reported, and LATEST was written only for devices whose reading was stored
+    assert len(report.failed_sequence_numbers) == 25
+    assert len(stored(fake)) == 25
+    assert len(stored(fake, "LATEST")) == 25
+
+
+def test_failed_quarantine_write_is_retried_not_lost(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, _ = make(executor, dynamo, s3=FakeS3(fail_calls=100), attempts=2)
+    records = event_of(readings(3)) + kinesis_event([("x", b"junk")], first_seq=9)["Records"]
+    report = ingestor.ingest(records)
+    assert report.failed_sequence_numbers == [records[3]["kinesis"]["sequenceNumber"]]
+    assert report.written == 3
+
+
+def test_item_refused_by_dynamodb_is_isolated_and_quarantined(executor: ThreadPoolExecutor) -> None:
+    # Given DynamoDB refusing one item (which fails its whole BatchWriteItem call)
+    dynamo = FakeDynamo(reject=lambda item: item["device_id"]["S"] == "dev-7")
+    ingestor, s3 = make(executor, dynamo)
+    report = ingestor.ingest(event_of(readings(40, devices=40)))
+    # Then the other 39 are stored and the refused one is quarantined with DynamoDB's reason
+    assert report.response() == {"batchItemFailures": []}
+    assert len(stored(dynamo)) == 39 and report.quarantined == 1
+    assert "rejected by DynamoDB" in json.loads(next(iter(s3.objects.values())))["reason"]
+
+
+def test_latest_never_moves_backwards(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, _ = make(executor, dynamo)
+    newer = reading("dev-1", "br", "2026-11-02T09:00:10Z", 5)
+    older = reading("dev-1", "br", "2026-11-02T09:00:00Z", 9)
+    same_ts_lower_seq = reading("dev-1", "br", "2026-11-02T09:00:10Z", 4)
+    ingestor.ingest(event_of([newer]))
+    report = ingestor.ingest(event_of([older, same_ts_lower_seq], first_seq=10))
+    assert report.latest_stale == 1 and report.latest_updated == 0
+    latest = stored(dynamo, "LATEST")[("DEVICE#dev-1", "LATEST")]
+    assert (latest["ts"], latest["seq"]) == ("2026-11-02T09:00:10.000000Z", 5)
+    assert len(stored(dynamo)) == 3
+
+
+def test_replayed_batch_changes_nothing(executor: ThreadPoolExecutor) -> None:
+    dynamo = FakeDynamo()
+    ingestor, _ = make(executor, dynamo)
+    records = event_of(readings(40))
+    ingestor.ingest(records)
+    before = dict(dynamo.items)
+    report = ingestor.ingest(records)
+    assert dynamo.items == before
+    assert report.latest_stale == 10 and report.latest_updated == 0

@@ -1,0 +1,141 @@
+"""Invariants of template.yaml and samconfig.toml that a regression must not break."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+import pytest
+
+from devicepipe_tools.template import ROOT, function_environment, resource
+
+
+def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def test_kinesis_stream_has_four_shards_24h_and_kms(template: dict[str, Any]) -> None:
+    props = resource(template, "ReadingsStream")["Properties"]
+    assert props["ShardCount"] == 4
+    assert props["RetentionPeriodHours"] == 24
+    assert props["StreamEncryption"]["EncryptionType"] == "KMS"
+
+
+def test_global_table_owned_by_primary_with_both_replicas(template: dict[str, Any]) -> None:
+    table = resource(template, "ReadingsTable")
+    assert table["Type"] == "AWS::DynamoDB::GlobalTable"
+    assert table["Condition"] == "IsPrimaryRegion"
+    assert template["Conditions"]["IsPrimaryRegion"] == {
+        "Fn::Equals": [{"Ref": "AWS::Region"}, {"Ref": "PrimaryRegion"}]
+    }
+    assert table["DeletionPolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert [r["Region"] for r in props["Replicas"]] == [{"Ref": "PrimaryRegion"}, {"Ref": "SecondaryRegion"}]
+    for replica in props["Replicas"]:
+        assert replica["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert template["Parameters"]["PrimaryRegion"]["Default"] == "us-east-1"
+    assert template["Parameters"]["SecondaryRegion"]["Default"] == "eu-west-1"
+
+
+def test_branch_index_is_sparse_on_latest_only_attributes(template: dict[str, Any]) -> None:
+    props = resource(template, "ReadingsTable")["Properties"]
+    (gsi,) = props["GlobalSecondaryIndexes"]
+    keys = [k["AttributeName"] for k in gsi["KeySchema"]]
+    assert keys == ["latest_branch", "latest_at"]
+    # Reading items never carry these attributes (only LATEST items do), which keeps the index sparse.
+    assert [k["AttributeName"] for k in props["KeySchema"]] == ["pk", "sk"]
+
+
+def test_ingest_event_source_mapping_cannot_block_a_shard(template: dict[str, Any]) -> None:
+    (esm,) = (
+        r["Properties"]
+        for r in resources_of(template, "AWS::Lambda::EventSourceMapping").values()
+        if r["Properties"]["FunctionName"] == {"Ref": "IngestFunction"}
+    )
+    assert esm["EventSourceArn"] == {"Fn::GetAtt": ["ReadingsStream", "Arn"]}
+    assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["BisectBatchOnFunctionError"] is True
+    assert 0 < esm["MaximumRetryAttempts"] <= 10
+    assert 60 <= esm["MaximumRecordAgeInSeconds"] <= 86_400
+    assert esm["MaximumBatchingWindowInSeconds"] >= 1
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["IngestFailureQueue", "Arn"]}
+
+
+def test_functions_run_python313_on_arm64_with_the_common_layer(template: dict[str, Any]) -> None:
+    fn_globals = template["Globals"]["Function"]
+    assert fn_globals["Runtime"] == "python3.13"
+    assert fn_globals["Architectures"] == ["arm64"]
+    assert fn_globals["Layers"] == [{"Ref": "CommonLayer"}]
+    layer = resource(template, "CommonLayer")
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert layer["Properties"]["ContentUri"] == "layers/common/"
+
+
+def test_ingest_environment_names_every_required_setting(template: dict[str, Any]) -> None:
+    env = function_environment(template, "IngestFunction")
+    for name in ("TABLE_NAME", "QUARANTINE_BUCKET", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"):
+        assert name in env
+
+
+def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, role in resources_of(template, "AWS::IAM::Role").items():
+        for policy in role["Properties"].get("Policies", []):
+            out += [(name, s) for s in policy["PolicyDocument"]["Statement"]]
+    return out
+
+
+def test_iam_has_no_wildcard_actions_and_star_resources_only_for_xray(template: dict[str, Any]) -> None:
+    for role, stmt in statements(template):
+        actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+        assert all("*" not in a for a in actions), (role, stmt)
+        if stmt["Resource"] == "*":
+            assert all(a.startswith("xray:") for a in actions), (role, stmt)
+
+
+def test_ingest_role_writes_only_its_table_and_quarantine_prefix(template: dict[str, Any]) -> None:
+    by_sid = {s["Sid"]: s for role, s in statements(template) if role == "IngestRole"}
+    assert by_sid["WriteReadings"]["Action"] == ["dynamodb:BatchWriteItem", "dynamodb:PutItem"]
+    assert by_sid["WriteReadings"]["Resource"]["Fn::Sub"].endswith(":table/${TableName}")
+    assert by_sid["Quarantine"]["Resource"] == {"Fn::Sub": "${QuarantineBucket.Arn}/quarantine/*"}
+
+
+@pytest.mark.parametrize("logical_id", ["QuarantineBucket"])
+def test_buckets_are_encrypted_versioned_private_and_tls_only(template: dict[str, Any], logical_id: str) -> None:
+    props = resource(template, logical_id)["Properties"]
+    assert (
+        props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+            "SSEAlgorithm"
+        ]
+        == "aws:kms"
+    )
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert props["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"]
+    policies = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources_of(template, "AWS::S3::BucketPolicy").values()
+        if p["Properties"]["Bucket"] == {"Ref": logical_id}
+    ]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in policies[0]
+    )
+
+
+def test_queues_and_log_groups_are_encrypted(template: dict[str, Any]) -> None:
+    for queue in resources_of(template, "AWS::SQS::Queue").values():
+        assert queue["Properties"]["KmsMasterKeyId"]
+    for group in resources_of(template, "AWS::Logs::LogGroup").values():
+        assert group["Properties"]["KmsKeyId"] and group["Properties"]["RetentionInDays"]
+
+
+def test_samconfig_has_one_environment_per_region() -> None:
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for region in ("us-east-1", "eu-west-1"):
+        params = config[region]["deploy"]["parameters"]
+        assert params["region"] == region
+        assert "PrimaryRegion=us-east-1" in params["parameter_overrides"]
