@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from devicepipe import models
 from devicepipe.models import InvalidReading, parse_reading, unmarshal, unmarshal_item
 
 NOW = 1_795_000_000.0  # 2026-11-18T...Z
@@ -129,3 +130,38 @@ def test_numbers_round_trip_exactly() -> None:
     reading = parse_reading(valid(metrics=metrics), now_s=NOW)
     assert unmarshal(reading.attributes["metrics"]) == metrics
     assert json.dumps(unmarshal(reading.attributes["metrics"])) == json.dumps(metrics)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2026-11-02T09:12:34Z",
+        "2026-11-02T09:12:34.5Z",
+        "2026-11-02T09:12:34.123456789Z",
+        "2026-11-02T09:12:59.999999Z",
+        "2026-11-02T09:12:60Z",
+        "2026-11-02T09:12:3xZ",
+        "2026-11-02T09:12:34.Z",
+        "2026-11-02T09:12:34.1234567890Z",
+        "2026-11-02T09:12:3\uff14Z",
+        "2026-11-02T09:12:34+00:00",
+        "2026-11-02T09:12:34.1z",
+    ],
+)
+def test_cached_minute_fast_path_agrees_with_the_full_parse(ts: str) -> None:
+    # Given the outcome with no minute cached (the full regex + datetime parse)
+    models._utc_minutes.clear()
+
+    def outcome() -> tuple[str, int] | str:
+        try:
+            r = parse_reading(valid(ts=ts), now_s=NOW)
+        except InvalidReading as exc:
+            return exc.reason
+        return r.ts, r.epoch_s
+
+    cold = outcome()
+    # When the minute is cached by a valid timestamp in the same minute
+    parse_reading(valid(ts="2026-11-02T09:12:00Z"), now_s=NOW)
+    assert "2026-11-02T09:12" in models._utc_minutes
+    # Then the fast path gives exactly the same result
+    assert outcome() == cold

@@ -11,6 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from devicepipe.fanout import fan_out
 from devicepipe.models import LATEST_SK, AttributeValue, Reading
 from devicepipe.observability import logger
 from devicepipe.retry import Retrier, error_code
@@ -74,16 +75,21 @@ class DynamoWriter:
     table_name
         The table (same name in every region of the global table).
     executor
-        Runs calls concurrently; its worker count bounds the calls in flight.
+        Runs calls concurrently (needs at least ``max_in_flight`` workers to reach that concurrency).
     retrier
         Backoff, attempt limit and deadline for throttling, 5xx and ``UnprocessedItems``.
+    max_in_flight
+        Most calls in flight at once.
     """
 
-    def __init__(self, client: DynamoClient, table_name: str, executor: Executor, retrier: Retrier) -> None:
+    def __init__(
+        self, client: DynamoClient, table_name: str, executor: Executor, retrier: Retrier, max_in_flight: int = 32
+    ) -> None:
         self.client = client
         self.table_name = table_name
         self.executor = executor
         self.retrier = retrier
+        self.max_in_flight = max_in_flight
 
     def write_readings(self, items: Sequence[Item]) -> WriteResult:
         """BatchWriteItem in chunks of 25, all chunks in flight at once (bounded by the executor).
@@ -92,7 +98,7 @@ class DynamoWriter:
         """
         chunks = [range(i, min(i + BATCH_WRITE_LIMIT, len(items))) for i in range(0, len(items), BATCH_WRITE_LIMIT)]
         result = WriteResult()
-        for part in self.executor.map(lambda c: self._write_chunk(items, c), chunks):
+        for part in fan_out(self.executor, self.max_in_flight, lambda c: self._write_chunk(items, c), chunks):
             result.failed.update(part.failed)
             result.rejected.update(part.rejected)
             result.retries += part.retries
@@ -102,7 +108,8 @@ class DynamoWriter:
     def put_latest(self, items: Sequence[Item]) -> WriteResult:
         """One conditional PutItem per LATEST item, concurrently."""
         result = WriteResult()
-        for i, (status, detail, retries, calls) in enumerate(self.executor.map(self._put_latest, items)):
+        outcomes = fan_out(self.executor, self.max_in_flight, self._put_latest, items)
+        for i, (status, detail, retries, calls) in enumerate(outcomes):
             result.retries += retries
             result.calls += calls
             if status == "stale":

@@ -28,6 +28,7 @@ _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(
 _DDB_MAX_N = 9.9999999999999999999999999999999999999e125
 _DDB_MIN_N = 1e-130
 _MAX_INT_DIGITS = 38
+_MAX_INT = 10**_MAX_INT_DIGITS
 _CORE_FIELDS = frozenset(("device_id", "branch_id", "ts", "seq", "metrics"))
 
 AttributeValue = dict[str, Any]
@@ -103,9 +104,9 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
     device_id = obj.get("device_id")
     branch_id = obj.get("branch_id")
-    if type(device_id) is not str or not _ID_RE.match(device_id):
+    if device_id not in _valid_ids and not _valid_id(device_id):
         raise InvalidReading(_id_reason("device_id", device_id))
-    if type(branch_id) is not str or not _ID_RE.match(branch_id):
+    if branch_id not in _valid_ids and not _valid_id(branch_id):
         raise InvalidReading(_id_reason("branch_id", branch_id))
     if "ts" not in obj:
         raise InvalidReading("ts: required")
@@ -141,6 +142,20 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
     return Reading(device_id, branch_id, ts, seq, int(epoch_s), version, attributes)
 
 
+# Identifiers already validated: a fleet repeats the same few thousand device and branch ids all day.
+_valid_ids: set[Any] = set()
+_MAX_CACHED = 100_000
+
+
+def _valid_id(value: Any) -> bool:
+    if type(value) is not str or not _ID_RE.match(value):
+        return False
+    if len(_valid_ids) >= _MAX_CACHED:
+        _valid_ids.clear()
+    _valid_ids.add(value)
+    return True
+
+
 def _parse_ts(value: Any) -> tuple[str, float]:
     """Event time as (canonical text, epoch seconds), from RFC 3339 text with a zone or from epoch ms."""
     if type(value) is int:
@@ -148,6 +163,9 @@ def _parse_ts(value: Any) -> tuple[str, float]:
             raise InvalidReading("ts: epoch milliseconds before 2000-01-01 (seconds sent as milliseconds?)")
         return _format_us(value * 1000), value / 1000
     if type(value) is str:
+        minute = _utc_minutes.get(value[:16])
+        if minute is not None and (fast := _parse_utc_in_minute(value, minute)) is not None:
+            return fast
         if not _RFC3339_RE.match(value):
             raise InvalidReading("ts: not RFC 3339 with a zone (e.g. 2026-01-31T12:00:00.123Z) nor epoch ms")
         try:
@@ -158,10 +176,34 @@ def _parse_ts(value: Any) -> tuple[str, float]:
         if epoch_s < MIN_TS_MS / 1000:
             raise InvalidReading("ts: before 2000-01-01")
         if value[-1] == "Z" and value[10] == "T":
-            # Already UTC: canonical text by padding the fraction (no date arithmetic on the hot path).
+            if len(_utc_minutes) >= _MAX_CACHED:
+                _utc_minutes.clear()
+            _utc_minutes[value[:16]] = int(epoch_s) - parsed.second
             return f"{value[:19]}.{(value[20:-1] + '000000')[:6]}Z", epoch_s
         return _format_us((parsed - _EPOCH) // _ONE_US), epoch_s
     raise InvalidReading(f"ts: must be RFC 3339 text or epoch milliseconds, got {_json_type(value)}")
+
+
+# Minutes ("YYYY-MM-DDTHH:MM" -> epoch seconds) of UTC "...Z" timestamps already validated. Devices send
+# UTC and a batch spans a few minutes, so most timestamps skip the regex and the datetime parse.
+_utc_minutes: dict[str, int] = {}
+
+
+def _parse_utc_in_minute(value: str, minute_epoch: int) -> tuple[str, float] | None:
+    """``YYYY-MM-DDTHH:MM`` + ``:SS[.fraction]Z`` for a known minute; None sends it to the full parse."""
+    seconds, fraction = value[17:19], value[20:-1]
+    if (
+        value[16] != ":"
+        or value[-1] != "Z"
+        or not (seconds.isascii() and seconds.isdigit() and seconds < "60")
+        or not (
+            len(value) == 20
+            or (value[19] == "." and 1 <= len(fraction) <= 9 and fraction.isascii() and fraction.isdigit())
+        )
+    ):
+        return None
+    micros = (fraction + "000000")[:6]
+    return f"{value[:19]}.{micros}Z", minute_epoch + int(seconds) + int(micros) / 1_000_000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -219,11 +261,13 @@ def _marshal_map(value: dict[str, Any], path: str, depth: int) -> AttributeValue
         if not k:
             raise InvalidReading(f"{path}: empty key")
         tv = type(v)
-        # Inline the two common leaf types: this loop is the hot path of the whole ingest.
+        # Inline the common leaf types: this loop is the hot path of the whole ingest.
         if tv is float and math.isfinite(v) and (not v or _DDB_MIN_N <= abs(v) <= _DDB_MAX_N):
             out[k] = {"N": repr(v)}
         elif tv is str:
             out[k] = {"S": v}
+        elif tv is int and -_MAX_INT < v < _MAX_INT:
+            out[k] = {"N": str(v)}
         else:
             out[k] = _marshal(v, f"{path}.{k}", depth + 1)
     return {"M": out}

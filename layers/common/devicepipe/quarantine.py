@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from devicepipe.fanout import fan_out
 from devicepipe.models import format_epoch_s
 from devicepipe.observability import logger
 from devicepipe.retry import Retrier, error_code
@@ -58,16 +59,19 @@ class QuarantineEntry:
 class S3Quarantine:
     """Writes quarantine entries to a bucket, concurrently and with retries."""
 
-    def __init__(self, client: S3Client, bucket: str, executor: Executor, retrier: Retrier) -> None:
+    def __init__(
+        self, client: S3Client, bucket: str, executor: Executor, retrier: Retrier, max_in_flight: int = 32
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.executor = executor
         self.retrier = retrier
+        self.max_in_flight = max_in_flight
 
     def put(self, entries: Sequence[QuarantineEntry]) -> dict[int, str]:
         """Store every entry; returns ``{index: error}`` for the ones that could not be stored."""
         failed: dict[int, str] = {}
-        for i, error in enumerate(self.executor.map(self._put_one, entries)):
+        for i, error in enumerate(fan_out(self.executor, self.max_in_flight, self._put_one, entries)):
             if error:
                 failed[i] = error
         return failed

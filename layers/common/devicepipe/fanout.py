@@ -1,0 +1,30 @@
+"""Bounded fan-out of blocking calls over a thread pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def fan_out(executor: Executor, lanes: int, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on at most ``lanes`` threads, results in input order.
+
+    Items are dealt round-robin to one task per lane rather than one task per item: each hand-off to a pool
+    thread costs tens of microseconds of CPU, which per-item tasks would pay ~140 times per ingest batch.
+    """
+    n = len(items)
+    lanes = min(lanes, n)
+    if lanes <= 1:
+        return [fn(x) for x in items]
+
+    def lane(k: int) -> list[R]:
+        return [fn(items[i]) for i in range(k, n, lanes)]
+
+    out: list[R] = [None] * n  # type: ignore[list-item]
+    for k, results in enumerate(executor.map(lane, range(lanes))):
+        out[k::lanes] = results
+    return out
