@@ -24,7 +24,6 @@ from devicepipe.config import IngestSettings
 from devicepipe.ingest import Ingestor, build_ingestor
 from devicepipe.models import parse_reading
 from devicepipe.retry import Deadline, Retrier
-
 from devicepipe_tools.events import encode, kinesis_event
 from devicepipe_tools.fakes import FakeDynamo, FakeS3
 from functions.ingest import app
@@ -37,7 +36,7 @@ SETTINGS = IngestSettings(table_name="readings", quarantine_bucket="quarantine",
 
 
 def make_event() -> dict[str, Any]:
-    docs = []
+    docs: list[dict[str, Any]] = []
     for i in range(RECORDS):
         docs.append(
             {
@@ -86,7 +85,7 @@ def handler_with(ingestor: Ingestor, event: dict[str, Any]) -> Callable[[], obje
         with quiet_stdout():  # the handler's JSON log line and EMF metrics blob
             return app.lambda_handler(event, context)
 
-    app._ingestor = lambda: (ingestor, Deadline.unlimited())  # type: ignore[method-assign,assignment]
+    app._ingestor = lambda: (ingestor, Deadline.unlimited())  # type: ignore[assignment]
     return run
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from devicepipe.kpl import SubRecord, aggregate
-
 from devicepipe_tools.template import ROOT
 
 ACCOUNT = "123456789012"

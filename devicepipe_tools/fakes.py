@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
+
 from devicepipe.dynamo import LATEST_CONDITION, DynamoClient, Item
 
 

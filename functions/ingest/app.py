@@ -10,6 +10,7 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
+
 from devicepipe.config import IngestSettings
 from devicepipe.ingest import Ingestor, IngestReport, build_ingestor
 from devicepipe.observability import logger, metrics, tracer

@@ -9,15 +9,15 @@ from typing import Any
 
 import boto3
 import pytest
+from moto import mock_aws
+
 from devicepipe.config import IngestSettings
 from devicepipe.ingest import build_ingestor
 from devicepipe.models import unmarshal_item
 from devicepipe.retry import Backoff, Retrier
-from moto import mock_aws
-
-from devicepipe_tools.events import ROOT, encode, kinesis_event, reading
+from devicepipe_tools.events import encode, kinesis_event, reading
 from devicepipe_tools.fakes import FaultyDynamo
-from devicepipe_tools.template import create_table_kwargs, parameter_default
+from devicepipe_tools.template import ROOT, create_table_kwargs, parameter_default
 from functions.ingest import app
 from tests.conftest import FakeLambdaContext
 

@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+
 from devicepipe.config import IngestSettings
 from devicepipe.dynamo import DynamoClient
 from devicepipe.ingest import Ingestor, build_ingestor
 from devicepipe.kpl import SubRecord, aggregate
 from devicepipe.models import unmarshal_item
 from devicepipe.retry import Backoff, Retrier
-
 from devicepipe_tools.events import encode, kinesis_event, reading
 from devicepipe_tools.fakes import FakeDynamo, FakeS3, FaultyDynamo
 

@@ -8,8 +8,8 @@ import hashlib
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 from aws_kinesis_agg.deaggregator import deaggregate_records
-from devicepipe.kpl import MAGIC, AggregationError, SubRecord, aggregate, deaggregate, is_aggregated
 
+from devicepipe.kpl import MAGIC, AggregationError, SubRecord, aggregate, deaggregate, is_aggregated
 from devicepipe_tools.events import kinesis_record
 
 SUBS = [SubRecord(f"dev-{i % 3}", f'{{"n":{i}}}'.encode() * (i + 1)) for i in range(20)]

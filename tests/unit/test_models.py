@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from devicepipe import models
 from devicepipe.models import InvalidReading, parse_reading, unmarshal, unmarshal_item
 

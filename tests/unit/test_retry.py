@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from devicepipe.retry import Backoff, Deadline, Retrier, is_transient
 
+from devicepipe.retry import Backoff, Deadline, Retrier, is_transient
 from devicepipe_tools.fakes import client_error
 
 

@@ -102,8 +102,8 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
     """
     if type(obj) is not dict:
         raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
-    device_id = obj.get("device_id")
-    branch_id = obj.get("branch_id")
+    device_id: Any = obj.get("device_id")
+    branch_id: Any = obj.get("branch_id")
     if device_id not in _valid_ids and not _valid_id(device_id):
         raise InvalidReading(_id_reason("device_id", device_id))
     if branch_id not in _valid_ids and not _valid_id(branch_id):
