@@ -1,0 +1,1 @@
+"""Local stack: the template on embedded stand-ins (moto server, Redis, DuckDB)."""

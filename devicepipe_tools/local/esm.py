@@ -1,0 +1,403 @@
+"""Event source mappings, run locally: what Lambda does between a stream and a function.
+
+For each ``AWS::Lambda::EventSourceMapping`` of the template this polls every shard of the source and invokes
+the handler in-process, honouring BatchSize, MaximumBatchingWindowInSeconds, StartingPosition, FilterCriteria,
+FunctionResponseTypes (ReportBatchItemFailures: checkpoint before the lowest reported failure),
+BisectBatchOnFunctionError, MaximumRetryAttempts, MaximumRecordAgeInSeconds and the on-failure destination
+(an SQS message in Lambda's format). Records of one shard are processed in order, one batch at a time.
+
+Not reproduced: resharding after start-up, ParallelizationFactor > 1, tumbling windows, enhanced fan-out.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from devicepipe_tools.events import kinesis_record
+
+Invoke = Callable[[dict[str, Any]], Any]
+_MAX_SAMPLES = 50_000
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    """One event source mapping's settings, with Lambda's defaults where the template says nothing."""
+
+    logical_id: str
+    function: str
+    source_arn: str
+    batch_size: int = 100
+    window_s: float = 0.0
+    starting_position: str = "TRIM_HORIZON"
+    filters: tuple[dict[str, Any], ...] = ()
+    report_failures: bool = False
+    bisect: bool = False
+    max_retries: int = -1  # -1: until the record expires (Lambda's default for streams)
+    max_age_s: int = -1
+    destination_arn: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.source_arn.split(":")[2]  # kinesis | dynamodb
+
+    @classmethod
+    def from_properties(cls, logical_id: str, props: dict[str, Any]) -> MappingSpec:
+        """From resolved ``AWS::Lambda::EventSourceMapping`` properties."""
+        filters = tuple(json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", []))
+        return cls(
+            logical_id=logical_id,
+            function=props["FunctionName"],
+            source_arn=props["EventSourceArn"],
+            batch_size=int(props.get("BatchSize", 100)),
+            window_s=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+            starting_position=props.get("StartingPosition", "TRIM_HORIZON"),
+            filters=filters,
+            report_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+            bisect=bool(props.get("BisectBatchOnFunctionError", False)),
+            max_retries=int(props.get("MaximumRetryAttempts", -1)),
+            max_age_s=int(props.get("MaximumRecordAgeInSeconds", -1)),
+            destination_arn=props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination", ""),
+        )
+
+
+# ------------------------------------------------------------------------------------------- filtering
+def matches(pattern: dict[str, Any], value: Any) -> bool:
+    """Lambda event filtering: every key of the pattern must match (nested objects, lists of alternatives)."""
+    if not isinstance(value, dict):
+        return False
+    for key, rule in pattern.items():
+        present = key in value
+        if isinstance(rule, dict):
+            if not present or not matches(rule, value[key]):
+                return False
+        elif isinstance(rule, list):
+            if not any(_matches_one(alt, present, value.get(key)) for alt in rule):
+                return False
+        else:
+            raise ValueError(f"filter rule for {key!r} must be an object or a list")
+    return True
+
+
+def _matches_one(alt: Any, present: bool, value: Any) -> bool:
+    if isinstance(alt, dict):
+        ((op, arg),) = alt.items()
+        if op == "exists":
+            return present is bool(arg)
+        if not present:
+            return False
+        if op == "prefix":
+            return isinstance(value, str) and value.startswith(arg)
+        if op == "anything-but":
+            return value not in (arg if isinstance(arg, list) else [arg])
+        if op == "numeric":
+            return isinstance(value, int | float) and _numeric(value, arg)
+        raise ValueError(f"unsupported filter operator {op!r}")
+    values = value if isinstance(value, list) else [value]
+    return present and alt in values
+
+
+def _numeric(value: float, ops: list[Any]) -> bool:
+    checks = {"=": value.__eq__, "<": value.__lt__, "<=": value.__le__, ">": value.__gt__, ">=": value.__ge__}
+    return all(checks[ops[i]](ops[i + 1]) for i in range(0, len(ops), 2))
+
+
+# ------------------------------------------------------------------------------------------- sources
+@dataclass
+class StreamRecord:
+    """A polled record: the event record Lambda would deliver, and what the mapping needs to know of it."""
+
+    event: dict[str, Any]
+    sequence_number: str
+    arrival_s: float
+    filter_view: dict[str, Any]
+    attempts: int = 0
+
+
+class KinesisSource:
+    """A Kinesis stream as an event source."""
+
+    batch_info_key = "KinesisBatchInfo"
+
+    def __init__(self, client: Any, arn: str, region: str) -> None:
+        self.client = client
+        self.arn = arn
+        self.region = region
+        self.stream = arn.split("/", 1)[1]
+
+    def shards(self) -> list[str]:
+        return [s["ShardId"] for s in self.client.list_shards(StreamName=self.stream)["Shards"]]
+
+    def iterator(self, shard: str, position: str) -> str:
+        it: str = self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard, ShardIteratorType=position)[
+            "ShardIterator"
+        ]
+        return it
+
+    def get(self, iterator: str, limit: int, shard: str) -> tuple[list[StreamRecord], str | None]:
+        out = self.client.get_records(ShardIterator=iterator, Limit=limit)
+        records = []
+        for r in out["Records"]:
+            arrival = r["ApproximateArrivalTimestamp"].timestamp()
+            event = kinesis_record(
+                r["Data"],
+                partition_key=r["PartitionKey"],
+                sequence_number=int(r["SequenceNumber"]),
+                arrival_s=arrival,
+                shard_id=shard,
+                stream=self.stream,
+                region=self.region,
+            )
+            records.append(StreamRecord(event, r["SequenceNumber"], arrival, _kinesis_filter_view(event, r["Data"])))
+        return records, out.get("NextShardIterator")
+
+
+def _kinesis_filter_view(event: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """Kinesis filters see the record's fields with ``data`` parsed when it is JSON (as Lambda does)."""
+    try:
+        parsed: Any = json.loads(data)
+    except ValueError:
+        parsed = base64.b64encode(data).decode()
+    return {**event["kinesis"], "data": parsed}
+
+
+# ------------------------------------------------------------------------------------------- the mapping
+@dataclass
+class MappingStats:
+    invocations: int = 0
+    records_delivered: int = 0
+    records_done: int = 0
+    records_filtered: int = 0
+    partial_failures: int = 0
+    function_errors: int = 0
+    bisects: int = 0
+    retried_records: int = 0
+    sent_to_destination: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_error: str = ""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, and the record latency (arrival in the stream -> handler done) as percentiles."""
+        out = {k: v for k, v in self.__dict__.items() if k != "latencies_s"}
+        lat = sorted(self.latencies_s)
+        out["latency_ms"] = {
+            "count": len(lat),
+            **{f"p{q}": round(lat[min(len(lat) - 1, len(lat) * q // 100)] * 1000, 1) if lat else None
+               for q in (50, 95, 99)},
+            "max": round(lat[-1] * 1000, 1) if lat else None,
+        }  # fmt: skip
+        return out
+
+
+class EventSourceMapping:
+    """Polls a source's shards and invokes a function with Lambda's batching and failure rules.
+
+    Parameters
+    ----------
+    spec
+        The mapping's settings.
+    source
+        The stream (``KinesisSource`` or a DynamoDB stream source with the same methods).
+    invoke
+        Calls the function with an event and returns its response (raises on a function error).
+    send_to_destination
+        Delivers the on-failure record (a dict in Lambda's format) to the destination ARN.
+    poll_interval_s
+        Pause after an empty poll.
+    """
+
+    def __init__(
+        self,
+        spec: MappingSpec,
+        source: Any,
+        invoke: Invoke,
+        send_to_destination: Callable[[str, dict[str, Any]], None],
+        poll_interval_s: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.invoke = invoke
+        self.send_to_destination = send_to_destination
+        self.poll_interval_s = poll_interval_s
+        self.clock = clock
+        self.stats = MappingStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle
+    def start(self) -> None:
+        for shard in self.source.shards():
+            self.stats.shards[shard] = {"idle": False, "pending": 0}
+            t = threading.Thread(target=self._run_shard, args=(shard,), name=f"esm-{shard}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def drained(self) -> bool:
+        """Every shard polled empty with nothing buffered or waiting for a retry."""
+        with self._lock:
+            return all(s["idle"] and not s["pending"] for s in self.stats.shards.values())
+
+    # -- one shard
+    def _run_shard(self, shard: str) -> None:
+        iterator: str | None = self.source.iterator(shard, self.spec.starting_position)
+        pending: deque[list[StreamRecord]] = deque()  # batches to (re)deliver, in order
+        buffer: list[StreamRecord] = []
+        first_buffered = 0.0
+        while not self._stop.is_set():
+            try:
+                if pending:
+                    self._deliver(shard, pending)
+                    continue
+                got: list[StreamRecord] = []
+                if iterator is not None:
+                    got, iterator = self.source.get(iterator, self.spec.batch_size - len(buffer), shard)
+                if got and not buffer:
+                    first_buffered = self.clock()
+                buffer += got
+                full = len(buffer) >= self.spec.batch_size
+                # Without a batching window a batch goes out after each poll that found records.
+                window_over = bool(buffer) and self.clock() - first_buffered >= self.spec.window_s
+                if full or window_over:
+                    batch = self._filter(buffer)
+                    buffer = []
+                    if batch:
+                        pending.append(batch)
+                    continue
+                with self._lock:
+                    self.stats.shards[shard] = {"idle": not got and not buffer, "pending": len(buffer)}
+                if not got:
+                    self._stop.wait(self.poll_interval_s)
+            except Exception as exc:  # keep polling: a mapping never dies, like Lambda's
+                with self._lock:
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self._stop.wait(1.0)
+
+    def _filter(self, records: list[StreamRecord]) -> list[StreamRecord]:
+        if not self.spec.filters:
+            return records
+        kept = [r for r in records if any(matches(p, r.filter_view) for p in self.spec.filters)]
+        with self._lock:
+            self.stats.records_filtered += len(records) - len(kept)
+        return kept
+
+    def _deliver(self, shard: str, pending: deque[list[StreamRecord]]) -> None:
+        batch = pending.popleft()
+        with self._lock:
+            self.stats.shards[shard] = {"idle": False, "pending": sum(map(len, pending)) + len(batch)}
+        if self.spec.max_age_s >= 0:
+            now = self.clock()
+            expired = [r for r in batch if now - r.arrival_s > self.spec.max_age_s]
+            if expired:
+                self._give_up(shard, expired, "RecordAgeExceeded")
+                batch = [r for r in batch if now - r.arrival_s <= self.spec.max_age_s]
+                if not batch:
+                    return
+        failed_from, function_error = self._invoke(batch)
+        if failed_from is None:
+            self._done(batch)
+            return
+        done, rest = batch[:failed_from], batch[failed_from:]
+        self._done(done)
+        for r in rest:
+            r.attempts += 1
+        with self._lock:
+            self.stats.retried_records += len(rest)
+        if self.spec.max_retries >= 0 and max(r.attempts for r in rest) > self.spec.max_retries:
+            self._give_up(shard, rest, "RetryAttemptsExhausted")
+            return
+        if function_error and self.spec.bisect and len(rest) > 1:
+            half = len(rest) // 2
+            pending.appendleft(rest[half:])
+            pending.appendleft(rest[:half])
+            with self._lock:
+                self.stats.bisects += 1
+        else:
+            pending.appendleft(rest)
+        self._stop.wait(min(2.0, 0.05 * 2 ** min(rest[0].attempts, 6)) * random.random())
+
+    def _invoke(self, batch: list[StreamRecord]) -> tuple[int | None, bool]:
+        """Invoke once: (index to retry from, or None when all succeeded; whether the function failed)."""
+        with self._lock:
+            self.stats.invocations += 1
+            self.stats.records_delivered += len(batch)
+        try:
+            response = self.invoke({"Records": [r.event for r in batch]})
+        except Exception as exc:
+            with self._lock:
+                self.stats.function_errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            return 0, True
+        if not self.spec.report_failures or not response:
+            return None, False
+        failures = response.get("batchItemFailures") if isinstance(response, dict) else None
+        if not failures:
+            return None, False
+        with self._lock:
+            self.stats.partial_failures += 1
+        index = {r.sequence_number: i for i, r in enumerate(batch)}
+        ids = [f.get("itemIdentifier") if isinstance(f, dict) else None for f in failures]
+        if any(i not in index for i in ids):
+            return 0, False  # an unknown or empty identifier fails the whole batch, as in Lambda
+        return min(index[i] for i in ids if i is not None), False
+
+    def _done(self, records: list[StreamRecord]) -> None:
+        now = self.clock()
+        with self._lock:
+            self.stats.records_done += len(records)
+            lat = self.stats.latencies_s
+            for r in records:
+                if len(lat) < _MAX_SAMPLES:
+                    lat.append(now - r.arrival_s)
+                else:  # a uniform sample of everything seen, in bounded memory
+                    slot = random.randrange(self.stats.records_done)
+                    if slot < _MAX_SAMPLES:
+                        lat[slot] = now - r.arrival_s
+
+    def _give_up(self, shard: str, records: list[StreamRecord], condition: str) -> None:
+        """Send the batch's location to the on-failure destination (Lambda's invocation record format)."""
+        info = {
+            "shardId": shard,
+            "startSequenceNumber": records[0].sequence_number,
+            "endSequenceNumber": records[-1].sequence_number,
+            "approximateArrivalOfFirstRecord": _iso(records[0].arrival_s),
+            "approximateArrivalOfLastRecord": _iso(records[-1].arrival_s),
+            "batchSize": len(records),
+            "streamArn": self.spec.source_arn,
+        }
+        message = {
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": self.spec.function,
+                "condition": condition,
+                "approximateInvokeCount": records[0].attempts + 1,
+            },
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "version": "1.0",
+            "timestamp": _iso(self.clock()),
+            self.source.batch_info_key: info,
+        }
+        if self.spec.destination_arn:
+            self.send_to_destination(self.spec.destination_arn, message)
+        with self._lock:
+            self.stats.sent_to_destination += len(records)
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,165 @@
+"""The template's resources on a moto server: physical names, intrinsic functions, creation.
+
+The local stack names resources the way CloudFormation would expose them to the functions (stream name, bucket
+name, queue URL, ARNs) and resolves each function's environment against those names, so handlers run
+unmodified with ``AWS_ENDPOINT_URL`` pointing at moto.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from devicepipe_tools.template import create_table_kwargs, function_environment, ttl_attribute
+
+ACCOUNT = "123456789012"  # moto's default account
+STACK = "devicepipe"
+
+
+@dataclass
+class RegionResources:
+    """Physical names and ARNs of one region's resources, by logical id."""
+
+    region: str
+    names: dict[str, str] = field(default_factory=dict)  # what !Ref returns
+    arns: dict[str, str] = field(default_factory=dict)  # what !GetAtt X.Arn returns
+    stream_arns: dict[str, str] = field(default_factory=dict)  # tables: !GetAtt X.StreamArn
+
+
+class Resolver:
+    """Resolves ``Ref``, ``Fn::GetAtt``, ``Fn::Sub``, ``Fn::If`` and ``Fn::Equals`` for one region."""
+
+    def __init__(self, template: dict[str, Any], resources: RegionResources) -> None:
+        self.template = template
+        self.resources = resources
+        self.params = {k: v.get("Default") for k, v in template.get("Parameters", {}).items()}
+        self.pseudo = {
+            "AWS::Region": resources.region,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Partition": "aws",
+            "AWS::StackName": STACK,
+            "AWS::URLSuffix": "amazonaws.com",
+        }
+
+    def condition(self, name: str) -> bool:
+        return bool(self.resolve(self.template.get("Conditions", {})[name]))
+
+    def resolve(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) != 1:
+            return {k: self.resolve(v) for k, v in value.items()}
+        ((fn, arg),) = value.items()
+        if fn == "Ref":
+            return self._ref(arg)
+        if fn == "Fn::GetAtt":
+            logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+            return self._get_att(logical, attr)
+        if fn == "Fn::Sub":
+            text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(extra.get(m[1]) or self._sub_var(m[1])), text)
+        if fn == "Fn::Equals":
+            a, b = self.resolve(arg)
+            return a == b
+        if fn == "Fn::If":
+            cond, yes, no = arg
+            return self.resolve(yes if self.condition(cond) else no)
+        if fn == "Fn::Join":
+            sep, parts = arg
+            return sep.join(str(p) for p in self.resolve(parts))
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def _sub_var(self, name: str) -> str:
+        if "." in name:
+            logical, attr = name.split(".", 1)
+            return str(self._get_att(logical, attr))
+        return str(self._ref(name))
+
+    def _ref(self, name: str) -> Any:
+        if name in self.pseudo:
+            return self.pseudo[name]
+        if name in self.params:
+            return self.params[name]
+        if name in self.resources.names:
+            return self.resources.names[name]
+        raise KeyError(f"local stack cannot resolve Ref {name!r}")
+
+    def _get_att(self, logical: str, attr: str) -> Any:
+        if attr == "Arn" and logical in self.resources.arns:
+            return self.resources.arns[logical]
+        if attr == "StreamArn" and logical in self.resources.stream_arns:
+            return self.resources.stream_arns[logical]
+        raise KeyError(f"local stack cannot resolve GetAtt {logical}.{attr}")
+
+
+def physical_name(logical_id: str, region: str) -> str:
+    """Deterministic lower-case names (valid for S3) unique per region, like CloudFormation's generated ones."""
+    return f"{STACK}-{logical_id.lower()}-{region}"
+
+
+def create_region(template: dict[str, Any], region: str, endpoint: str) -> RegionResources:
+    """Create one region's Kinesis streams, DynamoDB tables, S3 buckets and SQS queues on moto."""
+    res = RegionResources(region)
+    resolver = Resolver(template, res)
+    session = boto3.session.Session(
+        region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )  # fmt: skip
+    clients: dict[str, Any] = {
+        svc: session.client(svc, endpoint_url=endpoint)
+        for svc in ("kinesis", "dynamodb", "s3", "sqs")
+    }
+    for logical_id, spec in template["Resources"].items():
+        kind, props = spec["Type"], spec.get("Properties", {})
+        if kind == "AWS::Kinesis::Stream":
+            name = physical_name(logical_id, region)
+            clients["kinesis"].create_stream(StreamName=name, ShardCount=int(props.get("ShardCount", 1)))
+            clients["kinesis"].get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
+            res.names[logical_id] = name
+            res.arns[logical_id] = f"arn:aws:kinesis:{region}:{ACCOUNT}:stream/{name}"
+        elif kind == "AWS::DynamoDB::GlobalTable":
+            # Every region has its replica; in AWS the primary stack creates both (condition IsPrimaryRegion).
+            name = str(resolver.resolve(props["TableName"]))
+            out = clients["dynamodb"].create_table(**create_table_kwargs(template, logical_id, name))
+            if attr := ttl_attribute(template, logical_id):
+                clients["dynamodb"].update_time_to_live(
+                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr}
+                )
+            res.names[logical_id] = name
+            res.arns[logical_id] = out["TableDescription"]["TableArn"]
+            if "LatestStreamArn" in out["TableDescription"]:
+                res.stream_arns[logical_id] = out["TableDescription"]["LatestStreamArn"]
+        elif kind == "AWS::S3::Bucket":
+            name = physical_name(logical_id, region)
+            kwargs: dict[str, Any] = {"Bucket": name}
+            if region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            clients["s3"].create_bucket(**kwargs)
+            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+                clients["s3"].put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+            res.names[logical_id] = name
+            res.arns[logical_id] = f"arn:aws:s3:::{name}"
+        elif kind == "AWS::SQS::Queue":
+            name = physical_name(logical_id, region)
+            url = clients["sqs"].create_queue(QueueName=name)["QueueUrl"]
+            res.names[logical_id] = url
+            res.arns[logical_id] = f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
+        elif kind == "AWS::Serverless::Function":
+            name = f"{STACK}-{logical_id}"
+            res.names[logical_id] = name
+            res.arns[logical_id] = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+        elif kind in ("AWS::KMS::Key", "AWS::IAM::Role", "AWS::Logs::LogGroup"):
+            # Not emulated (moto would accept them, but nothing local reads them); names resolve for Refs.
+            res.names[logical_id] = physical_name(logical_id, region)
+            res.arns[logical_id] = f"arn:aws:local:{region}:{ACCOUNT}:{logical_id}"
+    return res
+
+
+def function_env(template: dict[str, Any], logical_id: str, res: RegionResources) -> dict[str, str]:
+    """A function's environment variables, resolved against the local resources."""
+    resolver = Resolver(template, res)
+    return {k: str(resolver.resolve(v)) for k, v in function_environment(template, logical_id).items()}

@@ -1,0 +1,266 @@
+"""The local stack: template resources on a moto server, and the functions behind their event source mappings.
+
+``up`` starts a supervisor in the background (its own session, logging to ``.local/stack.log``) that
+1. runs moto's server on a free 127.0.0.1 port,
+2. creates every region's resources from template.yaml (``resources.create_region``),
+3. starts one worker process per (region, function with an event source mapping), with that region's
+   environment and the function's resolved variables, as Lambda would run them,
+and records endpoints and pids in ``.local/state.json`` so ``produce --local``, ``invoke --local``,
+``status`` and the demo find it. ``down`` stops it all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from devicepipe_tools.local.resources import RegionResources, create_region, function_env
+from devicepipe_tools.template import ROOT, load_template
+
+STATE_DIR = ROOT / ".local"
+DEFAULT_REGIONS = ("us-east-1",)
+
+
+class StackError(RuntimeError):
+    """The local stack is not running, or could not start."""
+
+
+def state_path(state_dir: Path = STATE_DIR) -> Path:
+    return state_dir / "state.json"
+
+
+def read_state(state_dir: Path = STATE_DIR) -> dict[str, Any]:
+    """The running stack's state; raises ``StackError`` with what to do when there is none."""
+    path = state_path(state_dir)
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StackError("no local stack is running: start one with `devicepipe local up`") from None
+    if not _alive(state["pid"]):
+        raise StackError(
+            f"the local stack (pid {state['pid']}) is gone: see {state_dir / 'stack.log'}, then `local up`"
+        )
+    return state
+
+
+def base_env(endpoint: str, region: str) -> dict[str, str]:
+    """What every local process needs: fake credentials, the region, and every client pointed at moto."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ENDPOINT_URL": endpoint,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+
+
+def up(
+    regions: tuple[str, ...] = DEFAULT_REGIONS, state_dir: Path = STATE_DIR, timeout_s: float = 90
+) -> dict[str, Any]:
+    """Start the stack in the background and wait until every worker is polling."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state = read_state(state_dir)
+    except StackError:
+        pass
+    else:
+        raise StackError(f"a local stack is already running (pid {state['pid']}): `devicepipe local down` first")
+    state_path(state_dir).unlink(missing_ok=True)
+    log = (state_dir / "stack.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devicepipe_tools.local.stack", "--state-dir", str(state_dir), *regions],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # survives the terminal that started it; `down` stops it
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"the local stack failed to start: see {state_dir / 'stack.log'}")
+        path = state_path(state_dir)
+        if path.exists():
+            state = json.loads(path.read_text())
+            if state.get("ready"):
+                return dict(state)
+        time.sleep(0.2)
+    proc.terminate()
+    raise StackError(f"the local stack did not start within {timeout_s:.0f}s: see {state_dir / 'stack.log'}")
+
+
+def down(state_dir: Path = STATE_DIR, timeout_s: float = 30) -> bool:
+    """Stop the stack; False when none was running."""
+    path = state_path(state_dir)
+    if not path.exists():
+        return False
+    pid = json.loads(path.read_text())["pid"]
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def mapping_stats(state_dir: Path = STATE_DIR) -> dict[str, dict[str, Any]]:
+    """Each worker's latest event-source-mapping statistics, by ``<region>/<mapping>``."""
+    out = {}
+    for path in sorted(state_dir.glob("esm-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue  # being rewritten: the next read gets it
+        for name, stats in data["mappings"].items():
+            out[f"{data['region']}/{name}"] = stats
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def serve(regions: list[str], state_dir: Path) -> None:
+    """The supervisor: runs until SIGTERM/SIGINT, then stops the workers and moto."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    template = load_template()
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    resources = {region: create_region(template, region, endpoint) for region in regions}
+    state: dict[str, Any] = {
+        "pid": os.getpid(),
+        "endpoint": endpoint,
+        "regions": {r: asdict(res) for r, res in resources.items()},
+        "started_at": time.time(),
+        "ready": False,
+    }
+    _write(state_path(state_dir), state)
+    for stale in state_dir.glob("esm-*.json"):
+        stale.unlink()
+    workers = []
+    for region, res in resources.items():
+        for function in _functions_with_mappings(template):
+            env = {**os.environ, **base_env(endpoint, region), **function_env(template, function, res)}
+            workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "devicepipe_tools.local.worker",
+                        "--state-dir",
+                        str(state_dir),
+                        "--region",
+                        region,
+                        "--function",
+                        function,
+                    ],
+                    env=env,
+                    cwd=ROOT,
+                )
+            )
+    # Ready once every worker has reported its first statistics (its mappings are polling).
+    expected = len(workers)
+    while not stopping and len(list(state_dir.glob("esm-*.json"))) < expected:
+        if any(w.poll() is not None for w in workers):
+            print("a worker exited during start-up", file=sys.stderr)
+            stopping = True
+            break
+        time.sleep(0.1)
+    state["workers"] = [w.pid for w in workers]
+    state["ready"] = not stopping
+    _write(state_path(state_dir), state)
+    print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {expected} workers", flush=True)
+    while not stopping:
+        if any(w.poll() is not None for w in workers):
+            print("a worker exited; stopping the stack", file=sys.stderr, flush=True)
+            break
+        time.sleep(0.2)
+    for w in workers:
+        if w.poll() is None:
+            w.terminate()
+    for w in workers:
+        try:
+            w.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            w.kill()
+    server.stop()
+    state_path(state_dir).unlink(missing_ok=True)
+
+
+def _functions_with_mappings(template: dict[str, Any]) -> list[str]:
+    found = []
+    for spec in template["Resources"].values():
+        if spec["Type"] == "AWS::Lambda::EventSourceMapping":
+            ref = spec["Properties"]["FunctionName"]["Ref"]
+            if ref not in found:
+                found.append(ref)
+    return found
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Atomic write, so readers never see half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def region_resources(state: dict[str, Any], region: str) -> RegionResources:
+    try:
+        return RegionResources(**state["regions"][region])
+    except KeyError:
+        raise StackError(f"the local stack has no region {region}: it runs {', '.join(state['regions'])}") from None
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="local stack supervisor (started by `devicepipe local up`)")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("regions", nargs="+")
+    cli = parser.parse_args()
+    serve(cli.regions, cli.state_dir)
