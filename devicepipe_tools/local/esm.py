@@ -192,10 +192,12 @@ class MappingStats:
         lat = sorted(self.latencies_s)
         out["latency_ms"] = {
             "count": len(lat),
-            **{f"p{q}": round(lat[min(len(lat) - 1, len(lat) * q // 100)] * 1000, 1) if lat else None
-               for q in (50, 95, 99)},
+            **{
+                f"p{q}": round(lat[min(len(lat) - 1, len(lat) * q // 100)] * 1000, 1) if lat else None
+                for q in (50, 95, 99)
+            },
             "max": round(lat[-1] * 1000, 1) if lat else None,
-        }  # fmt: skip
+        }
         return out
 
 

@@ -83,3 +83,23 @@ def context_for(spec: FunctionSpec, region: str) -> LambdaContext:
         timeout_s=spec.timeout_s,
         invoked_function_arn=f"arn:aws:lambda:{region}:123456789012:function:{name}",
     )
+
+
+def main(argv: list[str]) -> int:
+    """``python -m devicepipe_tools.local.functions FUNCTION EVENT_FILE REGION``, environment already set:
+    invokes once and prints the response as JSON (what ``devicepipe invoke`` runs in a clean process)."""
+    import json
+
+    from devicepipe_tools.template import load_template
+
+    function, event_file, region = argv
+    spec = function_spec(load_template(), function)
+    with open(event_file) as f:
+        event = json.load(f)
+    response = load_handler(spec)(event, context_for(spec, region))
+    print(json.dumps(response, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -106,12 +106,9 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
     """Create one region's Kinesis streams, DynamoDB tables, S3 buckets and SQS queues on moto."""
     res = RegionResources(region)
     resolver = Resolver(template, res)
-    session = boto3.session.Session(
-        region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
-    )  # fmt: skip
+    session = boto3.session.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
     clients: dict[str, Any] = {
-        svc: session.client(svc, endpoint_url=endpoint)
-        for svc in ("kinesis", "dynamodb", "s3", "sqs")
+        svc: session.client(svc, endpoint_url=endpoint) for svc in ("kinesis", "dynamodb", "s3", "sqs")
     }
     for logical_id, spec in template["Resources"].items():
         kind, props = spec["Type"], spec.get("Properties", {})
@@ -163,3 +160,16 @@ def function_env(template: dict[str, Any], logical_id: str, res: RegionResources
     """A function's environment variables, resolved against the local resources."""
     resolver = Resolver(template, res)
     return {k: str(resolver.resolve(v)) for k, v in function_environment(template, logical_id).items()}
+
+
+def template_env(template: dict[str, Any], logical_id: str, region: str) -> tuple[dict[str, str], list[str]]:
+    """A function's variables that resolve from parameters alone, and the names of those that need a
+    deployed resource's name (for invoking against real AWS)."""
+    resolver = Resolver(template, RegionResources(region))
+    resolved, missing = {}, []
+    for name, value in function_environment(template, logical_id).items():
+        try:
+            resolved[name] = str(resolver.resolve(value))
+        except KeyError:
+            missing.append(name)
+    return resolved, missing

@@ -157,7 +157,10 @@ def serve(regions: list[str], state_dir: Path) -> None:
 
     from moto.server import ThreadedMotoServer
 
+    from devicepipe_tools.local import moto_fixes
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    moto_fixes.apply()
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

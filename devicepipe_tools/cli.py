@@ -1,0 +1,289 @@
+"""The `devicepipe` command: produce readings, run the local stack, invoke functions without Docker.
+
+Exit codes: 0 success; 1 some records could not be sent (see the failed-records file) or the demo found the
+pipeline inconsistent; 2 usage or configuration error (bad arguments, no stream, no stack); 3 invalid input
+lines (skipped, or with --strict the run stopped at the first one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+from devicepipe_tools.local import stack
+from devicepipe_tools.producer import (
+    FailureFile,
+    InvalidInput,
+    Producer,
+    ProducerError,
+    ProgressLine,
+    entries_from_readings,
+    read_readings,
+    simulate,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (stack.StackError, ProducerError) as exc:
+        print(f"devicepipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NoCredentialsError:
+        print("devicepipe: no AWS credentials found (use --local for the local stack)", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("devicepipe: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devicepipe", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("produce", help="push readings to the Kinesis stream")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="JSON-lines file of readings ('-' for stdin)")
+    src.add_argument("--simulate", action="store_true", help="generate readings from simulated devices")
+    p.add_argument("--devices", type=_positive, default=100, help="simulated devices (default 100)")
+    p.add_argument("--branches", type=_positive, default=10, help="branches they belong to (default 10)")
+    p.add_argument("--rate", type=float, help="readings per second (default: as fast as possible)")
+    p.add_argument("--count", type=_positive, help="readings to simulate")
+    p.add_argument("--duration", type=float, help="seconds to simulate")
+    p.add_argument("--stream", help="stream name (required without --local)")
+    p.add_argument("--region", help="AWS region (default: the credential chain's, or the stack's first)")
+    p.add_argument("--local", action="store_true", help="send to the running local stack")
+    p.add_argument("--kpl", action="store_true", help="KPL-aggregate records per shard")
+    p.add_argument("--strict", action="store_true", help="stop at the first invalid input line (exit 3)")
+    p.add_argument("--no-validate", action="store_true", help="send lines as they are (for testing quarantine)")
+    p.add_argument("--failed-file", default="produce-failed.jsonl", help="where unsendable records go")
+    p.add_argument("--max-in-flight", type=_positive, default=8, help="concurrent PutRecords calls (default 8)")
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds a batch may retry (default 60)")
+    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(run=_produce)
+
+    p = sub.add_parser("local", help="the local stack: up | down | status | demo")
+    lsub = p.add_subparsers(required=True, metavar="ACTION")
+    for name, run, text in (
+        ("up", _local_up, "start the local stack in the background"),
+        ("down", _local_down, "stop it"),
+        ("status", _local_status, "show its resources and event source mappings"),
+        ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it"),
+    ):
+        a = lsub.add_parser(name, help=text)
+        a.add_argument(
+            "--state-dir", type=Path, default=stack.STATE_DIR if name != "demo" else None, help=argparse.SUPPRESS
+        )
+        a.set_defaults(run=run)
+        if name in ("up", "demo"):
+            a.add_argument("--regions", default="us-east-1", help="comma-separated (default us-east-1)")
+        if name == "demo":
+            a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")
+            a.add_argument("--devices", type=_positive, default=200)
+            a.add_argument("--branches", type=_positive, default=12)
+            a.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+            a.add_argument("--timeout", type=float, default=600, help="seconds to wait for draining")
+            a.add_argument("--json", action="store_true", help="print the figures as JSON too")
+
+    p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
+    p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
+    p.add_argument("--event", required=True, help="event JSON file (see events/)")
+    p.add_argument("--local", action="store_true", help="against the running local stack")
+    p.add_argument("--region", help="region (default: the local stack's first, or the credential chain's)")
+    p.add_argument("--env-vars", help="JSON file of environment overrides, as for `sam local invoke --env-vars`")
+    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(run=_invoke)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- produce
+def _produce(args: argparse.Namespace) -> int:
+    if args.local:
+        state = stack.read_state(args.state_dir)
+        region = args.region or next(iter(state["regions"]))
+        stream = args.stream or stack.region_resources(state, region).names["ReadingsStream"]
+        client = boto3.client(
+            "kinesis",
+            region_name=region,
+            endpoint_url=state["endpoint"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+    else:
+        if not args.stream:
+            print("devicepipe: --stream is required (or --local for the local stack)", file=sys.stderr)
+            return EXIT_USAGE
+        stream = args.stream
+        try:
+            client = boto3.client("kinesis", region_name=args.region, config=Config(retries={"mode": "standard"}))
+        except BotoCoreError as exc:
+            raise ProducerError(str(exc)) from None
+    invalid: list[tuple[int, str]] = []
+
+    def on_invalid(line: int, reason: str) -> None:
+        invalid.append((line, reason))
+        print(f"line {line}: {reason}", file=sys.stderr)
+
+    total = None
+    if args.simulate:
+        if args.count is None and args.duration is None:
+            print("devicepipe: --simulate needs --count or --duration", file=sys.stderr)
+            return EXIT_USAGE
+        total = args.count
+        entries: Any = entries_from_readings(
+            simulate(args.devices, args.branches, count=args.count, duration_s=args.duration, rate=args.rate)
+        )
+    else:
+        lines = sys.stdin if args.file == "-" else _open(args.file)
+        entries = read_readings(lines, on_invalid, strict=args.strict, validate=not args.no_validate)
+    failures = FailureFile(args.failed_file)
+    producer = Producer(
+        client, stream, failures, max_in_flight=args.max_in_flight, deadline_s=args.deadline, aggregate=args.kpl
+    )
+    producer.check_stream()
+    stopped_early = False
+    with ProgressLine(producer.progress, total):
+        try:
+            progress = producer.send(entries)
+        except InvalidInput:
+            stopped_early, progress = True, producer.progress
+    failures.close()
+    print(
+        f"sent {progress.sent}, failed {progress.failed}, invalid input lines {len(invalid)}, "
+        f"retried {progress.retried}, {progress.calls} PutRecords calls, {progress.rate:.0f} records/s"
+        + (f"; failed records written to {failures.path}" if failures.count else "")
+        + ("; stopped at the first invalid line (--strict)" if stopped_early else "")
+    )
+    if progress.failed:
+        return EXIT_FAILED
+    return EXIT_INPUT if invalid else EXIT_OK
+
+
+def _open(path: str) -> Any:
+    try:
+        return open(path)
+    except OSError as exc:
+        raise ProducerError(f"cannot read {path}: {exc.strerror}") from None
+
+
+# ----------------------------------------------------------------------------------------------- local
+def _regions(text: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    state = stack.up(_regions(args.regions), args.state_dir)
+    print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
+    for region, res in state["regions"].items():
+        for logical_id, name in res["names"].items():
+            if logical_id in ("ReadingsStream", "ReadingsTable", "QuarantineBucket", "IngestFailureQueue"):
+                print(f"  {region}  {logical_id:20s} {name}")
+    return EXIT_OK
+
+
+def _local_down(args: argparse.Namespace) -> int:
+    print("local stack stopped" if stack.down(args.state_dir) else "no local stack was running")
+    return EXIT_OK
+
+
+def _local_status(args: argparse.Namespace) -> int:
+    state = stack.read_state(args.state_dir)
+    print(f"local stack: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
+    for name, s in stack.mapping_stats(args.state_dir).items():
+        lat = s["latency_ms"]
+        print(
+            f"  {name}: {s['records_done']} records done in {s['invocations']} invocations, "
+            f"{s['partial_failures']} partial failures, {s['function_errors']} errors, "
+            f"{s['sent_to_destination']} to the on-failure destination, latency p50 {lat['p50']} ms "
+            f"p99 {lat['p99']} ms, {'drained' if s['drained'] else 'busy'}"
+            + (f"; last error: {s['last_error']}" if s["last_error"] else "")
+        )
+    return EXIT_OK
+
+
+def _local_demo(args: argparse.Namespace) -> int:
+    from devicepipe_tools.local.demo import DEMO_DIR, render, run_demo
+
+    result = run_demo(
+        readings=args.readings,
+        devices=args.devices,
+        branches=args.branches,
+        regions=_regions(args.regions),
+        keep=args.keep,
+        timeout_s=args.timeout,
+        state_dir=args.state_dir or DEMO_DIR,
+    )
+    print(render(result))
+    if args.json:
+        print(json.dumps(result.figures, indent=1))
+    return EXIT_OK if result.consistent else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------------------------- invoke
+def _invoke(args: argparse.Namespace) -> int:
+    from devicepipe_tools.local.resources import function_env, template_env
+    from devicepipe_tools.template import load_template, resource
+
+    template = load_template()
+    try:
+        resource(template, args.function)
+    except KeyError as exc:
+        print(f"devicepipe: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if not Path(args.event).is_file():
+        print(f"devicepipe: no event file {args.event}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.local:
+        state = stack.read_state(args.state_dir)
+        region = args.region or next(iter(state["regions"]))
+        env = {
+            **os.environ,
+            **stack.base_env(state["endpoint"], region),
+            **function_env(template, args.function, stack.region_resources(state, region)),
+        }
+    else:
+        # Like `sam local invoke`: real AWS through the credential chain; names of deployed resources come
+        # from --env-vars (SAM's format), parameters and pseudo parameters resolve from the template.
+        region = args.region or boto3.session.Session().region_name or "us-east-1"
+        overrides = json.loads(Path(args.env_vars).read_text()).get(args.function, {}) if args.env_vars else {}
+        resolved, missing = template_env(template, args.function, region)
+        missing = [m for m in missing if m not in overrides]
+        if missing:
+            print(
+                f"devicepipe: {args.function} needs values for {', '.join(missing)}: pass them with "
+                f'--env-vars FILE ({{"{args.function}": {{"NAME": "value"}}}}) or use --local',
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        env = {**os.environ, "AWS_REGION": region, "AWS_DEFAULT_REGION": region, **resolved, **overrides}
+    done = subprocess.run(
+        [sys.executable, "-m", "devicepipe_tools.local.functions", args.function, args.event, region],
+        env=env,
+        check=False,
+    )
+    return EXIT_OK if done.returncode == 0 else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

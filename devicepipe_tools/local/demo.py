@@ -1,0 +1,235 @@
+"""`devicepipe local demo`: the whole pipeline end to end on the local stack, checked.
+
+Starts a stack of its own (state in ``.local/demo``), simulates devices across branches, produces the readings
+plus a few poison pills through the real producer, waits until every event source mapping has drained, then
+compares what each stage holds with what was produced and prints a verdict. Exit status 0 only if consistent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from devicepipe.models import parse_reading
+from devicepipe_tools.local import stack
+from devicepipe_tools.local.resources import RegionResources
+from devicepipe_tools.producer import Entry, FailureFile, Producer, entries_from_readings, simulate
+
+DEMO_DIR = stack.STATE_DIR / "demo"
+
+#: Records no device should send; each must end in the quarantine with its reason.
+POISON_PILLS: list[tuple[str, bytes]] = [
+    ("bad-json", b'{"device_id": "dev-00001", "branch_id": "branch-001", '),
+    ("not-object", b'["dev-00001", 21.5]'),
+    ("no-ts", b'{"device_id": "dev-00002", "branch_id": "branch-002", "metrics": {"t": 1}}'),
+    ("bad-device", b'{"device_id": "dev 3", "branch_id": "b", "ts": 1793610000000, "metrics": {}}'),
+    ("bad-ts", b'{"device_id": "dev-00004", "branch_id": "b", "ts": "yesterday", "metrics": {}}'),
+    ("metrics-array", b'{"device_id": "dev-00005", "branch_id": "b", "ts": 1793610000000, "metrics": [1]}'),
+    ("nan", b'{"device_id": "dev-00006", "branch_id": "b", "ts": 1793610000000, "metrics": {"t": NaN}}'),
+    ("binary", b"\x00\xff\xfe binary garbage"),
+    ("reserved", b'{"device_id": "d7", "branch_id": "b", "ts": 1793610000000, "metrics": {}, "pk": "x"}'),
+    (
+        "oversize",
+        b'{"device_id": "d8", "branch_id": "b", "ts": 1793610000000, "metrics": {"blob": "' + b"x" * 70_000 + b'"}}',
+    ),
+]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class DemoResult:
+    checks: list[Check] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def consistent(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def run_demo(
+    readings: int = 10_000,
+    devices: int = 200,
+    branches: int = 12,
+    regions: tuple[str, ...] = ("us-east-1",),
+    keep: bool = False,
+    timeout_s: float = 600,
+    state_dir: Path = DEMO_DIR,
+    say: Any = print,
+) -> DemoResult:
+    """Run the demo; ``say`` receives the progress lines."""
+    stack.down(state_dir)
+    t0 = time.monotonic()
+    say(f"starting the local stack ({', '.join(regions)}) ...")
+    state = stack.up(regions, state_dir)
+    result = DemoResult()
+    try:
+        region = regions[0]
+        res = stack.region_resources(state, region)
+        session = boto3.session.Session(
+            region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
+        clients: dict[str, Any] = {
+            s: session.client(s, endpoint_url=state["endpoint"]) for s in ("kinesis", "dynamodb", "s3", "sqs")
+        }
+        result.figures["stack_start_s"] = round(time.monotonic() - t0, 1)
+
+        docs = list(simulate(devices, branches, count=readings, seed=7))
+        entries = list(entries_from_readings(docs))
+        rng = random.Random(7)
+        for name, payload in POISON_PILLS:
+            entries.insert(rng.randrange(len(entries)), Entry(payload, f"poison-{name}", [f"poison {name}"]))
+        say(
+            f"producing {len(docs)} readings from {devices} devices in {branches} branches, "
+            f"plus {len(POISON_PILLS)} poison pills ..."
+        )
+        failures = FailureFile(str(state_dir / "produce-failed.jsonl"))
+        producer = Producer(clients["kinesis"], res.names["ReadingsStream"], failures, max_in_flight=8)
+        producer.check_stream()
+        t_produce = time.monotonic()
+        progress = producer.send(entries)
+        failures.close()
+        produce_s = time.monotonic() - t_produce
+        result.figures.update(
+            produced=progress.sent,
+            produce_failed=progress.failed,
+            produce_s=round(produce_s, 2),
+            produce_rate=round(progress.sent / produce_s),
+            put_records_calls=progress.calls,
+        )
+        say(
+            f"  {progress.sent} records put in {produce_s:.1f}s ({progress.sent / produce_s:.0f}/s), "
+            f"{progress.failed} failed"
+        )
+
+        say("waiting for the pipeline to drain ...")
+        t_drain = time.monotonic()
+        stats = _wait_drained(state_dir, progress.sent, timeout_s)
+        result.figures["drain_s"] = round(time.monotonic() - t_drain, 1)
+        ingest = stats.get(f"{region}/IngestEventSourceMapping", {})
+        result.figures["ingest"] = {
+            k: ingest.get(k)
+            for k in ("invocations", "records_done", "partial_failures", "function_errors", "sent_to_destination")
+        }
+        result.figures["latency_ms"] = ingest.get("latency_ms", {})
+
+        _verify(result, clients, res, docs, progress.failed)
+        result.figures["total_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        if keep:
+            say(f"stack left running; stop it with `devicepipe local down --state-dir {state_dir}`")
+        else:
+            stack.down(state_dir)
+    return result
+
+
+def _wait_drained(state_dir: Path, records: int, timeout_s: float) -> dict[str, Any]:
+    """Until every record put was handled (done or given up) and every mapping has polled empty twice."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    stats: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        stats = stack.mapping_stats(state_dir)
+        handled = sum(
+            s["records_done"] + s["sent_to_destination"] + s["records_filtered"]
+            for name, s in stats.items()
+            if name.endswith("/IngestEventSourceMapping")
+        )
+        drained = all(s["drained"] for s in stats.values())
+        quiet = quiet + 1 if handled >= records and drained else 0
+        if quiet >= 2:
+            return stats
+        time.sleep(0.5)
+    raise stack.StackError(f"the pipeline did not drain within {timeout_s:.0f}s: {json.dumps(stats)[:2000]}")
+
+
+def _verify(
+    result: DemoResult, clients: dict[str, Any], res: RegionResources, docs: list[dict[str, Any]], produce_failed: int
+) -> None:
+    expected = {}
+    newest: dict[str, str] = {}
+    for doc in docs:
+        r = parse_reading(doc)
+        expected[(r.device_id, r.version)] = doc
+        newest[r.device_id] = max(newest.get(r.device_id, ""), r.version)
+    table = res.names["ReadingsTable"]
+    items = clients["dynamodb"].get_paginator("scan").paginate(TableName=table).build_full_result()["Items"]
+    stored = [(i["device_id"]["S"], i["sk"]["S"][2:]) for i in items if i["sk"]["S"].startswith("R#")]
+    latest = {i["device_id"]["S"]: i["latest_at"]["S"] for i in items if i["sk"]["S"] == "LATEST"}
+    missing = set(expected) - set(stored)
+    extra = set(stored) - set(expected)
+    result.figures.update(readings_expected=len(expected), readings_stored=len(stored), latest_items=len(latest))
+    result.checks.append(Check("producer", produce_failed == 0, f"{produce_failed} records failed to send"))
+    result.checks.append(
+        Check(
+            "table: every good reading stored exactly once",
+            not missing and not extra and len(stored) == len(set(stored)),
+            f"{len(stored)} stored, {len(expected)} expected, {len(missing)} missing, {len(extra)} unexpected",
+        )
+    )
+    wrong_latest = [d for d, v in newest.items() if latest.get(d) != v]
+    result.checks.append(
+        Check(
+            "table: LATEST holds each device's newest reading",
+            not wrong_latest and len(latest) == len(newest),
+            f"{len(latest)} LATEST items for {len(newest)} devices, {len(wrong_latest)} not the newest",
+        )
+    )
+    bucket = res.names["QuarantineBucket"]
+    keys = [
+        o["Key"]
+        for page in clients["s3"].get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
+    quarantined = [json.loads(clients["s3"].get_object(Bucket=bucket, Key=k)["Body"].read()) for k in keys]
+    by_payload = {base64.b64decode(q["payload_base64"]): q["reason"] for q in quarantined}
+    unmatched = [name for name, payload in POISON_PILLS if payload not in by_payload]
+    result.figures["quarantined"] = len(quarantined)
+    result.figures["quarantine_reasons"] = {name: by_payload.get(payload, "MISSING") for name, payload in POISON_PILLS}
+    result.checks.append(
+        Check(
+            "quarantine: every bad record kept with its reason",
+            not unmatched and len(quarantined) == len(POISON_PILLS) and all(by_payload.values()),
+            f"{len(quarantined)} quarantined of {len(POISON_PILLS)} bad; missing {unmatched or 'none'}",
+        )
+    )
+    queue_url = res.names["IngestFailureQueue"]
+    attrs = clients["sqs"].get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    dlq = int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+    result.checks.append(Check("ingest on-failure queue empty", dlq == 0, f"{dlq} batches given up"))
+
+
+def render(result: DemoResult) -> str:
+    f = result.figures
+    lat = f.get("latency_ms", {})
+    lines = [
+        "",
+        "stage            count   detail",
+        f"produced        {f.get('produced', 0):6d}   {f.get('produce_rate', 0)} records/s, "
+        f"{f.get('put_records_calls', 0)} PutRecords calls, {f.get('produce_failed', 0)} failed",
+        f"stored          {f.get('readings_stored', 0):6d}   of {f.get('readings_expected', 0)} good readings; "
+        f"{f.get('latest_items', 0)} LATEST items",
+        f"quarantined     {f.get('quarantined', 0):6d}   "
+        + ", ".join(f"{k}: {v[:48]}" for k, v in list(f.get("quarantine_reasons", {}).items())[:3])
+        + ", ...",
+        f"ingest                  {f.get('ingest', {})}",
+        f"latency (stream -> stored)  p50 {lat.get('p50')} ms   p99 {lat.get('p99')} ms   max {lat.get('max')} ms",
+        f"wall time       stack start {f.get('stack_start_s')}s, produce {f.get('produce_s')}s, "
+        f"drain {f.get('drain_s')}s, total {f.get('total_s')}s",
+        "",
+    ]
+    lines += [f"  {'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in result.checks]
+    lines.append(f"\nverdict: {'CONSISTENT' if result.consistent else 'INCONSISTENT'}")
+    return "\n".join(lines)
