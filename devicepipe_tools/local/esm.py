@@ -216,6 +216,8 @@ class EventSourceMapping:
         Delivers the on-failure record (a dict in Lambda's format) to the destination ARN.
     poll_interval_s
         Pause after an empty poll.
+    retry_base_s
+        Base of the jittered exponential pause before a retry (capped at 2 s).
     """
 
     def __init__(
@@ -225,6 +227,7 @@ class EventSourceMapping:
         invoke: Invoke,
         send_to_destination: Callable[[str, dict[str, Any]], None],
         poll_interval_s: float = 0.2,
+        retry_base_s: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
@@ -232,6 +235,7 @@ class EventSourceMapping:
         self.invoke = invoke
         self.send_to_destination = send_to_destination
         self.poll_interval_s = poll_interval_s
+        self.retry_base_s = retry_base_s
         self.clock = clock
         self.stats = MappingStats()
         self._lock = threading.Lock()
@@ -332,7 +336,7 @@ class EventSourceMapping:
                 self.stats.bisects += 1
         else:
             pending.appendleft(rest)
-        self._stop.wait(min(2.0, 0.05 * 2 ** min(rest[0].attempts, 6)) * random.random())
+        self._stop.wait(min(2.0, self.retry_base_s * 2 ** min(rest[0].attempts, 6)) * random.random())
 
     def _invoke(self, batch: list[StreamRecord]) -> tuple[int | None, bool]:
         """Invoke once: (index to retry from, or None when all succeeded; whether the function failed)."""
@@ -388,7 +392,7 @@ class EventSourceMapping:
                 "requestId": str(uuid.uuid4()),
                 "functionArn": self.spec.function,
                 "condition": condition,
-                "approximateInvokeCount": records[0].attempts + 1,
+                "approximateInvokeCount": max(r.attempts for r in records),
             },
             "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
             "version": "1.0",
