@@ -7,9 +7,10 @@ PYTHON ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versi
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck template unit integration bench build clean
+.PHONY: help venv test lint typecheck template bench demo build clean
 
 help:
+	@echo "make demo   - run the whole pipeline end to end on the local stack and check it"
 	@echo "make test   - lint, type-check, template checks and the whole test suite (what CI runs)"
 	@echo "make bench  - benchmarks, each printed as a ratio against its baseline"
 	@echo "make build  - sam build (needs Python 3.13)"
@@ -37,6 +38,9 @@ template: venv
 test: lint typecheck template
 	$(BIN)/pytest
 
+demo: venv
+	$(BIN)/devicepipe local demo
+
 bench: venv
 	$(BIN)/python -m benchmarks
 
@@ -44,4 +48,5 @@ build: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
 
 clean:
-	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	-$(BIN)/devicepipe local down
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache .local

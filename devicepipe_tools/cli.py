@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
 from devicepipe_tools.local import stack
+from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import (
     FailureFile,
     InvalidInput,
@@ -123,13 +124,7 @@ def _produce(args: argparse.Namespace) -> int:
         state = stack.read_state(args.state_dir)
         region = args.region or next(iter(state["regions"]))
         stream = args.stream or stack.region_resources(state, region).names["ReadingsStream"]
-        client = boto3.client(
-            "kinesis",
-            region_name=region,
-            endpoint_url=state["endpoint"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        client = local_clients(state["endpoint"], region, "kinesis")["kinesis"]
     else:
         if not args.stream:
             print("devicepipe: --stream is required (or --local for the local stack)", file=sys.stderr)

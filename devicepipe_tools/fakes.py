@@ -148,3 +148,40 @@ class FakeS3:
         with self._lock:
             self.objects[(kwargs["Bucket"], kwargs["Key"])] = kwargs["Body"]
         return {}
+
+
+class FaultyKinesis:
+    """Wraps a Kinesis client; its first ``partial_calls`` PutRecords calls fail every other record
+    (``ProvisionedThroughputExceededException``, not forwarded), as Kinesis does under load.
+    ``always_fail`` fails every record of every call."""
+
+    def __init__(self, inner: Any, partial_calls: int = 0, always_fail: bool = False) -> None:
+        self.inner = inner
+        self.partial_calls = partial_calls
+        self.always_fail = always_fail
+        self.failed_entries = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put_records(self, **kwargs: Any) -> dict[str, Any]:
+        with self._lock:
+            inject = self.always_fail or self.partial_calls > 0
+            self.partial_calls -= inject and not self.always_fail
+        if not inject:
+            response: dict[str, Any] = self.inner.put_records(**kwargs)
+            return response
+        records = kwargs["Records"]
+        keep = [] if self.always_fail else records[::2]
+        forwarded = iter(self.inner.put_records(**{**kwargs, "Records": keep})["Records"] if keep else [])
+        out = []
+        for i, _ in enumerate(records):
+            if not self.always_fail and i % 2 == 0:
+                out.append(next(forwarded))
+            else:
+                out.append({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"})
+        failed = sum("ErrorCode" in r for r in out)
+        with self._lock:
+            self.failed_entries += failed
+        return {"FailedRecordCount": failed, "Records": out}

@@ -124,6 +124,7 @@ class Producer:
         self.progress = Progress()
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._shard_ranges: list[tuple[int, int, str]] = []
+        self._source_error: Exception | None = None
 
     def check_stream(self) -> None:
         """Fail early, with a clear message, when the stream cannot be used."""
@@ -143,7 +144,10 @@ class Producer:
             )
 
     def send(self, entries: Iterable[Entry]) -> Progress:
-        """Put every entry; returns the final counts (failures already passed to ``on_failure``)."""
+        """Put every entry; returns the final counts (failures already passed to ``on_failure``).
+
+        An exception from ``entries`` (such as ``InvalidInput``) is raised after what came before it was sent.
+        """
         inbox: queue.Queue[Entry | None] = queue.Queue(maxsize=10_000)
         feeder = threading.Thread(target=self._feed, args=(entries, inbox), daemon=True)
         feeder.start()
@@ -192,13 +196,18 @@ class Producer:
             flush()
             for f in futures:
                 f.result()
+        if self._source_error is not None:
+            raise self._source_error
         return self.progress
 
     def _feed(self, entries: Iterable[Entry], inbox: queue.Queue[Entry | None]) -> None:
+        """Pulls the source in its own thread, so a slow source never delays flushing what is buffered."""
         try:
             for entry in entries:
                 self.progress.add(accepted=1)
                 inbox.put(entry)
+        except Exception as exc:  # e.g. InvalidInput in strict mode: re-raised by send() once sent
+            self._source_error = exc
         finally:
             inbox.put(None)
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from devicepipe.models import parse_reading
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import RegionResources
+from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, FailureFile, Producer, entries_from_readings, simulate
 
 DEMO_DIR = stack.STATE_DIR / "demo"
@@ -78,12 +77,7 @@ def run_demo(
     try:
         region = regions[0]
         res = stack.region_resources(state, region)
-        session = boto3.session.Session(
-            region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing"
-        )
-        clients: dict[str, Any] = {
-            s: session.client(s, endpoint_url=state["endpoint"]) for s in ("kinesis", "dynamodb", "s3", "sqs")
-        }
+        clients = local_clients(state["endpoint"], region, "kinesis", "dynamodb", "s3", "sqs")
         result.figures["stack_start_s"] = round(time.monotonic() - t0, 1)
 
         docs = list(simulate(devices, branches, count=readings, seed=7))

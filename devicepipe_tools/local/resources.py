@@ -97,6 +97,14 @@ class Resolver:
         raise KeyError(f"local stack cannot resolve GetAtt {logical}.{attr}")
 
 
+def clients(endpoint: str, region: str, *services: str) -> dict[str, Any]:
+    """boto3 clients for the local stack's moto server (fake credentials, one region)."""
+    session = boto3.session.Session(
+        region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"
+    )
+    return {s: session.client(s, endpoint_url=endpoint) for s in services}  # type: ignore[call-overload]
+
+
 def physical_name(logical_id: str, region: str) -> str:
     """Deterministic lower-case names (valid for S3) unique per region, like CloudFormation's generated ones."""
     return f"{STACK}-{logical_id.lower()}-{region}"
@@ -106,24 +114,21 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
     """Create one region's Kinesis streams, DynamoDB tables, S3 buckets and SQS queues on moto."""
     res = RegionResources(region)
     resolver = Resolver(template, res)
-    session = boto3.session.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
-    clients: dict[str, Any] = {
-        svc: session.client(svc, endpoint_url=endpoint) for svc in ("kinesis", "dynamodb", "s3", "sqs")
-    }
+    client = clients(endpoint, region, "kinesis", "dynamodb", "s3", "sqs")
     for logical_id, spec in template["Resources"].items():
         kind, props = spec["Type"], spec.get("Properties", {})
         if kind == "AWS::Kinesis::Stream":
             name = physical_name(logical_id, region)
-            clients["kinesis"].create_stream(StreamName=name, ShardCount=int(props.get("ShardCount", 1)))
-            clients["kinesis"].get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
+            client["kinesis"].create_stream(StreamName=name, ShardCount=int(props.get("ShardCount", 1)))
+            client["kinesis"].get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
             res.names[logical_id] = name
             res.arns[logical_id] = f"arn:aws:kinesis:{region}:{ACCOUNT}:stream/{name}"
         elif kind == "AWS::DynamoDB::GlobalTable":
             # Every region has its replica; in AWS the primary stack creates both (condition IsPrimaryRegion).
             name = str(resolver.resolve(props["TableName"]))
-            out = clients["dynamodb"].create_table(**create_table_kwargs(template, logical_id, name))
+            out = client["dynamodb"].create_table(**create_table_kwargs(template, logical_id, name))
             if attr := ttl_attribute(template, logical_id):
-                clients["dynamodb"].update_time_to_live(
+                client["dynamodb"].update_time_to_live(
                     TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr}
                 )
             res.names[logical_id] = name
@@ -135,14 +140,14 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
             kwargs: dict[str, Any] = {"Bucket": name}
             if region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            clients["s3"].create_bucket(**kwargs)
+            client["s3"].create_bucket(**kwargs)
             if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
-                clients["s3"].put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+                client["s3"].put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
             res.names[logical_id] = name
             res.arns[logical_id] = f"arn:aws:s3:::{name}"
         elif kind == "AWS::SQS::Queue":
             name = physical_name(logical_id, region)
-            url = clients["sqs"].create_queue(QueueName=name)["QueueUrl"]
+            url = client["sqs"].create_queue(QueueName=name)["QueueUrl"]
             res.names[logical_id] = url
             res.arns[logical_id] = f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
         elif kind == "AWS::Serverless::Function":

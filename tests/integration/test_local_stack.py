@@ -1,0 +1,181 @@
+"""The producer, `devicepipe invoke` and the event source mapping against a running local stack."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devicepipe_tools import cli
+from devicepipe_tools.events import encode, reading
+from devicepipe_tools.fakes import FaultyKinesis
+from devicepipe_tools.local import stack
+from devicepipe_tools.local.resources import clients as local_clients
+from devicepipe_tools.producer import Entry, FailureFile, Producer
+from devicepipe_tools.template import ROOT
+
+pytestmark = pytest.mark.integration
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    state = stack.up((REGION,), state_dir)
+    res = stack.region_resources(state, REGION)
+    clients = local_clients(state["endpoint"], REGION, "kinesis", "dynamodb", "s3")
+    try:
+        yield {"state_dir": state_dir, "res": res, **clients}
+    finally:
+        stack.down(state_dir)
+
+
+def stream_records(local: dict[str, Any]) -> list[bytes]:
+    """Every record in the stream, read straight from Kinesis."""
+    kinesis, name = local["kinesis"], local["res"].names["ReadingsStream"]
+    out = []
+    for shard in kinesis.list_shards(StreamName=name)["Shards"]:
+        it = kinesis.get_shard_iterator(StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+        iterator = it["ShardIterator"]
+        while True:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            out += [r["Data"] for r in page["Records"]]
+            if not page["Records"]:
+                break
+            iterator = page["NextShardIterator"]
+    return out
+
+
+def stored_devices(local: dict[str, Any], prefix: str) -> list[str]:
+    items = (
+        local["dynamodb"]
+        .get_paginator("scan")
+        .paginate(TableName=local["res"].names["ReadingsTable"])
+        .build_full_result()["Items"]
+    )
+    return [
+        i["device_id"]["S"] for i in items if i["sk"]["S"].startswith("R#") and i["device_id"]["S"].startswith(prefix)
+    ]
+
+
+def wait_for(predicate: Any, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError("condition not reached in time")
+
+
+def test_simulated_readings_flow_from_the_cli_to_the_table(local: dict[str, Any], tmp_path: Path) -> None:
+    # Given the running stack, When the CLI simulates 300 readings
+    code = cli.main(
+        [
+            "produce",
+            "--local",
+            "--simulate",
+            "--count",
+            "300",
+            "--devices",
+            "30",
+            "--branches",
+            "3",
+            "--state-dir",
+            str(local["state_dir"]),
+            "--failed-file",
+            str(tmp_path / "failed.jsonl"),
+        ]
+    )
+    # Then the run succeeds and the ingest mapping stores every reading
+    assert code == cli.EXIT_OK
+    wait_for(lambda: len(stored_devices(local, "dev-")) >= 300)
+    assert len(stored_devices(local, "dev-")) == 300
+    assert not (tmp_path / "failed.jsonl").exists()
+
+
+def test_partial_failures_retry_only_the_failed_entries(local: dict[str, Any], tmp_path: Path) -> None:
+    # Given Kinesis rejecting every other record of the first three PutRecords calls
+    faulty = FaultyKinesis(local["kinesis"], partial_calls=3)
+    failures = FailureFile(str(tmp_path / "failed.jsonl"))
+    producer = Producer(faulty, local["res"].names["ReadingsStream"], failures, max_in_flight=4)
+    docs = [reading(f"pf-{i % 17:03d}", "pf-branch", 1_793_610_000_000 + i, i) for i in range(1_200)]
+    # When the producer sends them
+    progress = producer.send(Entry(encode(d), d["device_id"], [str(i)]) for i, d in enumerate(docs))
+    # Then faults were injected and retried, and the stream holds every record exactly once
+    assert faulty.failed_entries > 0 and progress.retried == faulty.failed_entries
+    assert (progress.sent, progress.failed) == (1_200, 0)
+    ours = [json.loads(r) for r in stream_records(local) if r.startswith(b'{"device_id":"pf-')]
+    assert sorted(doc["seq"] for doc in ours) == list(range(1_200))
+    wait_for(lambda: len(stored_devices(local, "pf-")) >= 1_200)
+
+
+def test_records_that_cannot_be_sent_are_written_with_their_reason(local: dict[str, Any], tmp_path: Path) -> None:
+    faulty = FaultyKinesis(local["kinesis"], always_fail=True)
+    failures = FailureFile(str(tmp_path / "failed.jsonl"))
+    producer = Producer(faulty, local["res"].names["ReadingsStream"], failures, deadline_s=0.5)
+    progress = producer.send(
+        Entry(encode(reading("gone", "b", 1_793_610_000_000, i)), "gone", [f"r{i}"]) for i in range(5)
+    )
+    failures.close()
+    assert (progress.sent, progress.failed) == (0, 5)
+    lines = [json.loads(line) for line in (tmp_path / "failed.jsonl").read_text().splitlines()]
+    assert sorted(line["ref"] for line in lines) == ["r0", "r1", "r2", "r3", "r4"]
+    assert all(
+        line["reason"].startswith("gave up after") and "ProvisionedThroughputExceeded" in line["reason"]
+        for line in lines
+    )
+
+
+def test_invalid_input_lines_are_reported_and_skipped(local: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
+    src = tmp_path / "readings.jsonl"
+    good = [json.dumps(reading(f"in-{i}", "b", 1_793_610_000_000, i)) for i in range(3)]
+    src.write_text("\n".join([good[0], "{broken", good[1], '{"device_id": "x"}', "", good[2]]) + "\n")
+    args = ["produce", "--local", "--file", str(src), "--state-dir", str(local["state_dir"])]
+    assert cli.main(args) == cli.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "line 2: invalid JSON" in err and "line 4: branch_id: required" in err
+    wait_for(lambda: len(stored_devices(local, "in-")) >= 3)
+    # And with --strict the run stops at the first invalid line
+    assert cli.main([*args, "--strict"]) == cli.EXIT_INPUT
+    assert "stopped at the first invalid line" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(local: dict[str, Any], tmp_path: Path) -> None:
+    assert (
+        cli.main(
+            ["produce", "--file", str(tmp_path / "missing.jsonl"), "--local", "--state-dir", str(local["state_dir"])]
+        )
+        == cli.EXIT_USAGE
+    )
+    assert (
+        cli.main(["produce", "--simulate", "--count", "1", "--local", "--state-dir", str(tmp_path)]) == cli.EXIT_USAGE
+    )
+    assert cli.main(["produce", "--simulate", "--count", "1"]) == cli.EXIT_USAGE  # no --stream
+
+
+@pytest.mark.parametrize("event", sorted(p.name for p in (ROOT / "events" / "ingest").glob("*.json")))
+def test_every_sample_event_runs_through_its_function(local: dict[str, Any], event: str, capfd: Any) -> None:
+    code = cli.main(
+        [
+            "invoke",
+            "IngestFunction",
+            "--event",
+            str(ROOT / "events" / "ingest" / event),
+            "--local",
+            "--state-dir",
+            str(local["state_dir"]),
+        ]
+    )
+    out = capfd.readouterr().out
+    assert code == cli.EXIT_OK
+    response = json.loads(out[out.index("{\n") :])
+    assert response == {"batchItemFailures": []}
+
+
+def test_status_reports_the_mapping(local: dict[str, Any], capsys: Any) -> None:
+    assert cli.main(["local", "status", "--state-dir", str(local["state_dir"])]) == cli.EXIT_OK
+    assert "us-east-1/IngestEventSourceMapping" in capsys.readouterr().out
