@@ -190,6 +190,7 @@ def _regions(text: str) -> tuple[str, ...]:
 def _local_up(args: argparse.Namespace) -> int:
     state = stack.up(_regions(args.regions), args.state_dir)
     print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
+    print(f"  redis ({state['redis_kind']}): {state['redis_url']}")
     for region, res in state["regions"].items():
         for logical_id, name in res["names"].items():
             if logical_id in ("ReadingsStream", "ReadingsTable", "QuarantineBucket", "IngestFailureQueue"):
@@ -205,6 +206,7 @@ def _local_down(args: argparse.Namespace) -> int:
 def _local_status(args: argparse.Namespace) -> int:
     state = stack.read_state(args.state_dir)
     print(f"local stack: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
+    print(f"  redis ({state['redis_kind']}): {state['redis_url']}")
     for name, s in stack.mapping_stats(args.state_dir).items():
         lat = s["latency_ms"]
         print(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from devicepipe_tools.local.net import free_port
+from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
 from devicepipe_tools.template import ROOT, load_template
 
@@ -144,13 +145,6 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def serve(regions: list[str], state_dir: Path) -> None:
     """The supervisor: runs until SIGTERM/SIGINT, then stops the workers and moto."""
     import logging
@@ -161,7 +155,8 @@ def serve(regions: list[str], state_dir: Path) -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     moto_fixes.apply()
-    port = _free_port()
+    redis = start_redis()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -178,6 +173,8 @@ def serve(regions: list[str], state_dir: Path) -> None:
     state: dict[str, Any] = {
         "pid": os.getpid(),
         "endpoint": endpoint,
+        "redis_url": redis.url,
+        "redis_kind": redis.kind,
         "regions": {r: asdict(res) for r, res in resources.items()},
         "started_at": time.time(),
         "ready": False,
@@ -188,7 +185,12 @@ def serve(regions: list[str], state_dir: Path) -> None:
     workers = []
     for region, res in resources.items():
         for function in _functions_with_mappings(template):
-            env = {**os.environ, **base_env(endpoint, region), **function_env(template, function, res)}
+            env = {
+                **os.environ,
+                **base_env(endpoint, region),
+                "REDIS_URL": redis.url,
+                **function_env(template, function, res),
+            }
             workers.append(
                 subprocess.Popen(
                     [
@@ -232,6 +234,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
         except subprocess.TimeoutExpired:
             w.kill()
     server.stop()
+    redis.stop()
     state_path(state_dir).unlink(missing_ok=True)
 
 

@@ -179,3 +179,25 @@ def test_every_sample_event_runs_through_its_function(local: dict[str, Any], eve
 def test_status_reports_the_mapping(local: dict[str, Any], capsys: Any) -> None:
     assert cli.main(["local", "status", "--state-dir", str(local["state_dir"])]) == cli.EXIT_OK
     assert "us-east-1/IngestEventSourceMapping" in capsys.readouterr().out
+
+
+def test_kpl_aggregated_records_are_deaggregated_and_stored(local: dict[str, Any], tmp_path: Path) -> None:
+    # Given a producer that KPL-aggregates per shard
+    producer = Producer(local["kinesis"], local["res"].names["ReadingsStream"], lambda *_: None, aggregate=True)
+    producer.check_stream()
+    docs = [reading(f"kpl-{i % 13:02d}", "kpl-branch", 1_793_610_000_000 + i, i) for i in range(700)]
+    # When it sends 700 readings
+    progress = producer.send(Entry(encode(d), d["device_id"], [str(i)]) for i, d in enumerate(docs))
+    # Then they travel in far fewer Kinesis records, and the ingest stores every one of them
+    assert progress.sent == 700
+    assert progress.calls < 10
+    wait_for(lambda: len(stored_devices(local, "kpl-")) >= 700)
+    assert len(stored_devices(local, "kpl-")) == 700
+
+
+def test_the_stack_provides_a_redis_that_answers(local: dict[str, Any]) -> None:
+    import redis
+
+    state = stack.read_state(local["state_dir"])
+    assert state["redis_kind"] in ("redis-server", "fakeredis", "external")
+    assert redis.Redis.from_url(state["redis_url"]).ping()
