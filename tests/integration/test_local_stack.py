@@ -201,3 +201,20 @@ def test_the_stack_provides_a_redis_that_answers(local: dict[str, Any]) -> None:
     state = stack.read_state(local["state_dir"])
     assert state["redis_kind"] in ("redis-server", "fakeredis", "external")
     assert redis.Redis.from_url(state["redis_url"]).ping()
+
+
+def test_invoke_without_local_needs_the_deployed_names(
+    local: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any
+) -> None:
+    event = str(ROOT / "events" / "ingest" / "valid-batch.json")
+    # Without --local and without --env-vars the missing deployed names are named
+    assert cli.main(["invoke", "IngestFunction", "--event", event]) == cli.EXIT_USAGE
+    assert "QUARANTINE_BUCKET" in capfd.readouterr().err
+    # With --env-vars it runs against "AWS" (here the stack's moto server, through AWS_ENDPOINT_URL)
+    env_vars = tmp_path / "env.json"
+    env_vars.write_text(json.dumps({"IngestFunction": {"QUARANTINE_BUCKET": local["res"].names["QuarantineBucket"]}}))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack.read_state(local["state_dir"])["endpoint"])
+    code = cli.main(["invoke", "IngestFunction", "--event", event, "--env-vars", str(env_vars), "--region", REGION])
+    out = capfd.readouterr().out
+    assert code == cli.EXIT_OK
+    assert json.loads(out[out.index("{\n") :]) == {"batchItemFailures": []}
