@@ -1,8 +1,11 @@
 """Fixes to moto that the local stack needs, applied in the process that runs moto's server.
 
-moto's Kinesis shard assigns a sequence number as "last one + 1" without a lock (its own comment says it is
-not safe for concurrency), so concurrent PutRecords calls, which any real producer makes, overwrite each
-other's records; reads iterate the same dict while it grows. Every shard access is serialised here.
+- moto's Kinesis shard assigns a sequence number as "last one + 1" without a lock (its own comment says it is
+  not safe for concurrency), so concurrent PutRecords calls, which any real producer makes, overwrite each
+  other's records; reads iterate the same dict while it grows. moto's DynamoDB stream shard numbers records
+  the same way. Every shard access is serialised here.
+- DynamoDB Streams writes no record for a write that changes nothing (AWS documents this); moto writes a
+  MODIFY. The pipeline relies on it (a replayed ingest batch must not be staged again), so the fix skips them.
 """
 
 from __future__ import annotations
@@ -26,10 +29,24 @@ def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def apply() -> None:
-    """Idempotent: patch moto's Kinesis ``Shard`` so puts and reads of a shard never interleave."""
+    """Idempotent: patch moto's Kinesis and DynamoDB stream shards."""
+    from moto.dynamodb.models.table import StreamShard
     from moto.kinesis.models import Shard
 
-    for name in ("put_record", "get_records", "get_min_sequence_number", "get_max_sequence_number"):
-        method = getattr(Shard, name)
-        if not getattr(method, "__devicepipe_serialised__", False):
-            setattr(Shard, name, _serialised(method))
+    for cls, names in (
+        (Shard, ("put_record", "get_records", "get_min_sequence_number", "get_max_sequence_number")),
+        (StreamShard, ("get",)),
+    ):
+        for name in names:
+            method = getattr(cls, name)
+            if not getattr(method, "__devicepipe_serialised__", False):
+                setattr(cls, name, _serialised(method))
+    if not getattr(StreamShard.add, "__devicepipe_serialised__", False):
+        original_add = StreamShard.add
+
+        def add(self: Any, old: Any, new: Any) -> None:
+            if old is not None and new is not None and old.to_json() == new.to_json():
+                return  # unchanged item: DynamoDB Streams records nothing
+            original_add(self, old, new)
+
+        StreamShard.add = _serialised(add)  # type: ignore[method-assign]

@@ -27,6 +27,7 @@ class RegionResources:
     names: dict[str, str] = field(default_factory=dict)  # what !Ref returns
     arns: dict[str, str] = field(default_factory=dict)  # what !GetAtt X.Arn returns
     stream_arns: dict[str, str] = field(default_factory=dict)  # tables: !GetAtt X.StreamArn
+    attributes: dict[str, str] = field(default_factory=dict)  # any other "Logical.Attribute"
 
 
 class Resolver:
@@ -36,6 +37,9 @@ class Resolver:
         self.template = template
         self.resources = resources
         self.params = {k: v.get("Default") for k, v in template.get("Parameters", {}).items()}
+        # The secondary region's stack is given its replica's stream ARN as a parameter (README, "Deploy").
+        if "ReadingsTable" in resources.stream_arns:
+            self.params["ReplicaStreamArn"] = resources.stream_arns["ReadingsTable"]
         self.pseudo = {
             "AWS::Region": resources.region,
             "AWS::AccountId": ACCOUNT,
@@ -94,6 +98,8 @@ class Resolver:
             return self.resources.arns[logical]
         if attr == "StreamArn" and logical in self.resources.stream_arns:
             return self.resources.stream_arns[logical]
+        if f"{logical}.{attr}" in self.resources.attributes:
+            return self.resources.attributes[f"{logical}.{attr}"]
         raise KeyError(f"local stack cannot resolve GetAtt {logical}.{attr}")
 
 
@@ -154,10 +160,14 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
             name = f"{STACK}-{logical_id}"
             res.names[logical_id] = name
             res.arns[logical_id] = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
-        elif kind in ("AWS::KMS::Key", "AWS::IAM::Role", "AWS::Logs::LogGroup"):
-            # Not emulated (moto would accept them, but nothing local reads them); names resolve for Refs.
+        else:
+            # Not emulated (KMS, IAM, logs, VPC, ElastiCache, secrets: nothing local reads them); their
+            # names resolve so that Refs do. The local Redis is given to the functions as REDIS_URL.
             res.names[logical_id] = physical_name(logical_id, region)
             res.arns[logical_id] = f"arn:aws:local:{region}:{ACCOUNT}:{logical_id}"
+            if kind == "AWS::ElastiCache::ReplicationGroup":
+                res.attributes[f"{logical_id}.PrimaryEndPoint.Address"] = "127.0.0.1"
+                res.attributes[f"{logical_id}.PrimaryEndPoint.Port"] = "6379"
     return res
 
 

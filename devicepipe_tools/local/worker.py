@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 
-from devicepipe_tools.local.esm import EventSourceMapping, KinesisSource, MappingSpec
+from devicepipe_tools.local.esm import DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
 from devicepipe_tools.local.functions import context_for, function_spec, load_handler
 from devicepipe_tools.local.resources import Resolver
 from devicepipe_tools.local.stack import _write, region_resources
@@ -41,6 +41,8 @@ def mapping_specs(template: dict[str, Any], resolver: Resolver, function: str) -
 def source_for(spec: MappingSpec, region: str) -> Any:
     if spec.kind == "kinesis":
         return KinesisSource(boto3.client("kinesis"), spec.source_arn, region)
+    if spec.kind == "dynamodb":
+        return DynamoDBStreamSource(boto3.client("dynamodbstreams"), spec.source_arn, region)
     raise NotImplementedError(f"{spec.logical_id}: local event source {spec.kind} is not supported yet")
 
 

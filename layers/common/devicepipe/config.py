@@ -37,6 +37,14 @@ class _Env:
             self.problems.append(f"{name} must be between {low} and {high}, got {value}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in ("true", "false", "1", "0", "yes", "no"):
+            self.problems.append(f"{name} must be true or false, got {raw!r}")
+        return raw in ("true", "1", "yes")
+
     def check(self, what: str) -> None:
         if self.problems:
             raise ConfigError(f"{what}: " + "; ".join(self.problems))
@@ -69,4 +77,54 @@ class IngestSettings:
             max_concurrency=e.integer("DDB_MAX_CONCURRENCY", 32, 1, 128),
         )
         e.check("IngestFunction settings")
+        return settings
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Settings of CacheUpdaterFunction: Redis by ``REDIS_URL`` (local stack, tests) or by host, port, TLS
+    and an AUTH token in Secrets Manager (AWS)."""
+
+    region: str
+    table_name: str
+    redis_url: str = ""
+    redis_host: str = ""
+    redis_port: int = 6379
+    redis_tls: bool = True
+    redis_auth_secret_arn: str = ""
+    key_prefix: str = "dp"
+    retention_days: int = 90
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CacheSettings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(
+            region=e.text("AWS_REGION"),
+            table_name=e.text("TABLE_NAME"),
+            redis_url=e.env.get("REDIS_URL", "").strip(),
+            redis_host=e.env.get("REDIS_HOST", "").strip(),
+            redis_port=e.integer("REDIS_PORT", 6379, 1, 65_535),
+            redis_tls=e.flag("REDIS_TLS", True),
+            redis_auth_secret_arn=e.env.get("REDIS_AUTH_SECRET_ARN", "").strip(),
+            key_prefix=e.env.get("CACHE_KEY_PREFIX", "dp").strip() or "dp",
+            retention_days=e.integer("READING_TTL_DAYS", 90, 1, 36_500),
+        )
+        if not settings.redis_url and not settings.redis_host:
+            e.problems.append("REDIS_HOST (or REDIS_URL) is required")
+        e.check("CacheUpdaterFunction settings")
+        return settings
+
+
+@dataclass(frozen=True)
+class StagerSettings:
+    """Settings of StagerFunction."""
+
+    region: str
+    staging_bucket: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StagerSettings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(region=e.text("AWS_REGION"), staging_bucket=e.text("STAGING_BUCKET"))
+        e.check("StagerFunction settings")
         return settings

@@ -1,0 +1,268 @@
+"""The Redis cache: latest reading per device and devices by last seen per branch.
+
+Layout (prefix ``dp`` by default):
+
+- ``dp:device:<device_id>``: hash with ``version`` (``<ts>#<seq>``, sortable), ``device_id``, ``branch_id``,
+  ``ts``, ``seq``, ``origin_region``, ``ingested_at`` and ``reading`` (the whole reading as JSON); it expires
+  when the reading's DynamoDB TTL does (``EXPIREAT expires_at``), so TTL deletions need no REMOVE handling.
+- ``dp:branch:<branch_id>:devices``: sorted set of device ids scored by last-seen event time (epoch ms);
+  members older than the retention are pruned on each update.
+
+Every update goes through one Lua compare-and-set, so a late, replayed or replicated event never replaces a
+newer reading, whatever the arrival order or region; a device that moves branch leaves its old branch's set.
+The script reads the old branch's key from the hash, so it needs Redis with cluster mode disabled (the
+template's replication group).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis as redis_lib
+
+from devicepipe.config import CacheSettings
+from devicepipe.models import LATEST_SK, device_pk, unmarshal_item
+from devicepipe.streams import Change
+
+# KEYS: device hash, branch set. ARGV: version, branch, score, expire_at, prune_before, device_id,
+# branch key prefix, then the hash's field/value pairs.
+CAS_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if current and current >= ARGV[1] then
+  return 0
+end
+local previous_branch = redis.call('HGET', KEYS[1], 'branch_id')
+if previous_branch and previous_branch ~= ARGV[2] then
+  redis.call('ZREM', ARGV[7] .. previous_branch .. ':devices', ARGV[6])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+return 1
+"""
+_NOT_CACHED = frozenset({"pk", "sk", "latest_branch", "latest_at"})
+
+
+def connect(settings: CacheSettings, secrets: Any = None) -> Any:
+    """A Redis client from the settings: ``REDIS_URL`` as given, else TLS to host:port with the AUTH token
+    read from Secrets Manager (a JSON secret with a ``token`` key, or the token itself)."""
+    options: dict[str, Any] = {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "health_check_interval": 30,  # a connection idle through a frozen container is checked before use
+        "retry_on_timeout": True,
+    }
+    if settings.redis_url:
+        return redis_lib.Redis.from_url(settings.redis_url, **options)
+    password = None
+    if settings.redis_auth_secret_arn:
+        secret = secrets.get_secret_value(SecretId=settings.redis_auth_secret_arn)["SecretString"]
+        password = json.loads(secret)["token"] if secret.lstrip().startswith("{") else secret
+    return redis_lib.Redis(
+        host=settings.redis_host, port=settings.redis_port, ssl=settings.redis_tls, password=password, **options
+    )
+
+
+class CacheUnavailable(RuntimeError):
+    """Redis could not be reached or failed the batch: the whole batch must be retried."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """One device's newest reading, ready for the compare-and-set."""
+
+    device_id: str
+    branch_id: str
+    version: str
+    event_ms: int
+    expires_at: int
+    fields: dict[str, str]
+
+
+def update_from_item(item: dict[str, Any], version: str) -> Update:
+    """A cache update from a reading or LATEST item (plain dict)."""
+    reading = {k: v for k, v in item.items() if k not in _NOT_CACHED}
+    ts = str(item["ts"])
+    return Update(
+        device_id=str(item["device_id"]),
+        branch_id=str(item["branch_id"]),
+        version=version,
+        event_ms=_epoch_ms(ts),
+        expires_at=int(item.get("expires_at", 0)),
+        fields={
+            "version": version,
+            "device_id": str(item["device_id"]),
+            "branch_id": str(item["branch_id"]),
+            "ts": ts,
+            "seq": str(item.get("seq", 0)),
+            "origin_region": str(item.get("origin_region", "")),
+            "ingested_at": str(item.get("ingested_at", "")),
+            "reading": json.dumps(reading, separators=(",", ":"), sort_keys=True),
+        },
+    )
+
+
+def newest_per_device(batch: Sequence[Change]) -> list[Update]:
+    """The newest reading of each device among a batch's inserts and modifications of reading items."""
+    best: dict[str, Change] = {}
+    for change in batch:
+        if change.event_name == "REMOVE" or not change.is_reading or change.new is None:
+            continue
+        device = str(change.new["device_id"])
+        held = best.get(device)
+        if held is None or change.version > held.version:
+            best[device] = change
+    return [update_from_item(c.new, c.version) for c in best.values() if c.new is not None]
+
+
+class CacheWriter:
+    """Applies updates to Redis, one pipeline (one round trip) per call.
+
+    Parameters
+    ----------
+    redis
+        A ``redis.Redis`` client (its connection pool reconnects after a frozen container resumes).
+    prefix
+        Key prefix.
+    retention_s
+        How long a device stays in its branch's last-seen set without news (matches the readings' TTL).
+    """
+
+    def __init__(self, redis: Any, prefix: str = "dp", retention_s: int = 90 * 86_400) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.retention_s = retention_s
+        self.round_trips = 0
+        self._sha = ""
+
+    def device_key(self, device_id: str) -> str:
+        return f"{self.prefix}:device:{device_id}"
+
+    def branch_key(self, branch_id: str) -> str:
+        return f"{self.prefix}:branch:{branch_id}:devices"
+
+    def apply(self, updates: Sequence[Update]) -> int:
+        """Compare-and-set every update; returns how many replaced an older (or no) cached reading.
+
+        Raises ``CacheUnavailable`` when Redis fails, so the caller can fail the batch for a retry.
+        """
+        if not updates:
+            return 0
+        try:
+            if not self._sha:
+                self._sha = self._load_script()
+            results = self._run(updates)
+            if any(isinstance(r, redis_lib.exceptions.NoScriptError) for r in results):
+                self._sha = self._load_script()  # Redis restarted or failed over: scripts are gone
+                results = self._run(updates)
+        except redis_lib.exceptions.RedisError as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise CacheUnavailable(f"{len(errors)} cache updates failed: {errors[0]}")
+        return sum(int(r) for r in results)
+
+    def _load_script(self) -> str:
+        self.round_trips += 1
+        sha: str = self.redis.script_load(CAS_SCRIPT)
+        return sha
+
+    def _run(self, updates: Sequence[Update]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        branch_prefix = f"{self.prefix}:branch:"
+        for u in updates:
+            pairs = [x for kv in u.fields.items() for x in kv]
+            prune_before = u.event_ms - self.retention_s * 1000
+            pipe.evalsha(
+                self._sha,
+                2,
+                self.device_key(u.device_id),
+                self.branch_key(u.branch_id),
+                u.version,
+                u.branch_id,
+                u.event_ms,
+                u.expires_at or 2**31,
+                prune_before,
+                u.device_id,
+                branch_prefix,
+                *pairs,
+            )
+        self.round_trips += 1
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        return results
+
+
+class CacheReader:
+    """Cache-aside reads: Redis first, DynamoDB on a miss (and the answer cached through the same CAS).
+
+    ``on_lookup(kind, hit)`` is called for every read (e.g. to emit hit/miss metrics).
+    """
+
+    def __init__(
+        self,
+        writer: CacheWriter,
+        dynamodb: Any,
+        table_name: str,
+        on_lookup: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.redis = writer.redis
+        self.dynamodb = dynamodb
+        self.table_name = table_name
+        self.on_lookup = on_lookup or (lambda kind, hit: None)
+
+    def latest(self, device_id: str) -> dict[str, Any] | None:
+        """The device's latest reading, or None when the device is unknown."""
+        cached = self.redis.hgetall(self.writer.device_key(device_id))
+        if cached:
+            self.on_lookup("latest", True)
+            return _decode(cached)
+        self.on_lookup("latest", False)
+        item = self.dynamodb.get_item(
+            TableName=self.table_name, Key={"pk": {"S": device_pk(device_id)}, "sk": {"S": LATEST_SK}}
+        ).get("Item")
+        if not item:
+            return None
+        plain = unmarshal_item(item)
+        update = update_from_item(plain, str(plain["latest_at"]))
+        self.writer.apply([update])
+        return _decode(update.fields)
+
+    def branch_devices(self, branch_id: str, limit: int = 100) -> list[tuple[str, int]]:
+        """``(device_id, last seen epoch ms)`` of a branch's devices, most recently seen first."""
+        cached = self.redis.zrevrange(self.writer.branch_key(branch_id), 0, limit - 1, withscores=True)
+        if cached:
+            self.on_lookup("branch", True)
+            return [(_text(d), int(score)) for d, score in cached]
+        self.on_lookup("branch", False)
+        page = self.dynamodb.query(
+            TableName=self.table_name,
+            IndexName="ByBranchLatest",
+            KeyConditionExpression="latest_branch = :b",
+            ExpressionAttributeValues={":b": {"S": branch_id}},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        updates = [update_from_item(p, str(p["latest_at"])) for p in map(unmarshal_item, page.get("Items", []))]
+        self.writer.apply(updates)
+        return [(u.device_id, u.event_ms) for u in updates]
+
+
+def _decode(fields: dict[Any, Any]) -> dict[str, Any]:
+    plain = {_text(k): _text(v) for k, v in fields.items()}
+    reading: dict[str, Any] = json.loads(plain.pop("reading"))
+    return {**reading, "version": plain["version"]}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _epoch_ms(ts: str) -> int:
+    """Canonical ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` to epoch milliseconds."""
+    return int(datetime.fromisoformat(ts).timestamp() * 1000)
