@@ -256,7 +256,7 @@ def _invoke(args: argparse.Namespace) -> int:
         region = args.region or next(iter(state["regions"]))
         env = {
             **os.environ,
-            **stack.base_env(state["endpoint"], region),
+            **stack.base_env(state["endpoint"], region, state["redis_url"]),
             **function_env(template, args.function, stack.region_resources(state, region)),
         }
     else:

@@ -8,13 +8,18 @@ compares what each stage holds with what was produced and prints a verdict. Exit
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from devicepipe.cache import CacheWriter
 from devicepipe.models import parse_reading
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import RegionResources
@@ -120,6 +125,14 @@ def run_demo(
         result.figures["latency_ms"] = ingest.get("latency_ms", {})
 
         _verify(result, clients, res, docs, progress.failed)
+        _verify_cache(result, state["redis_url"], docs)
+        _verify_staging(result, clients["s3"], res, docs)
+        for consumer in ("CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"):
+            s = stats.get(f"{region}/{consumer}", {})
+            result.figures[consumer] = {
+                k: s.get(k)
+                for k in ("invocations", "records_done", "function_errors", "partial_failures", "sent_to_destination")
+            }
         result.figures["total_s"] = round(time.monotonic() - t0, 1)
     finally:
         if keep:
@@ -205,6 +218,67 @@ def _verify(
     result.checks.append(Check("ingest on-failure queue empty", dlq == 0, f"{dlq} batches given up"))
 
 
+def _newest(docs: list[dict[str, Any]]) -> dict[str, str]:
+    newest: dict[str, str] = {}
+    for doc in docs:
+        r = parse_reading(doc)
+        newest[r.device_id] = max(newest.get(r.device_id, ""), r.version)
+    return newest
+
+
+def _verify_cache(result: DemoResult, redis_url: str, docs: list[dict[str, Any]]) -> None:
+    """Redis holds every device's newest reading, and every device sits in its branch's last-seen set."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    newest = _newest(docs)
+    writer = CacheWriter(client)
+    cached = {d: client.hget(writer.device_key(d), "version") for d in newest}
+    wrong = [d for d, v in newest.items() if cached[d] != v]
+    branches = {doc["device_id"]: doc["branch_id"] for doc in docs}
+    outside = [d for d in newest if client.zscore(writer.branch_key(branches[d]), d) is None]
+    result.figures["cached_devices"] = sum(1 for v in cached.values() if v)
+    result.checks.append(
+        Check(
+            "cache: newest reading of every device, in its branch view",
+            not wrong and not outside,
+            f"{len(newest) - len(wrong)} of {len(newest)} devices current, {len(outside)} missing from branch views",
+        )
+    )
+
+
+def _verify_staging(result: DemoResult, s3: Any, res: RegionResources, docs: list[dict[str, Any]]) -> None:
+    """The staged objects hold every reading of this region exactly once."""
+    bucket = res.names["StagingBucket"]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"readings/origin={res.region}/")
+        for o in page.get("Contents", [])
+    ]
+    counts: Counter[tuple[str, str, int]] = Counter()
+    for key in keys:
+        body = gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        counts.update((r["device_id"], r["ts"], r["seq"]) for r in map(json.loads, body.splitlines()))
+    expected = {(r.device_id, r.ts, r.seq) for r in map(parse_reading, docs)}
+    twice = [k for k, n in counts.items() if n > 1]
+    missing = expected - set(counts)
+    extra = set(counts) - expected
+    result.figures.update(staged_objects=len(keys), staged_rows=sum(counts.values()))
+    result.checks.append(
+        Check(
+            "staging: every own-region reading staged exactly once",
+            not twice and not missing and not extra,
+            f"{sum(counts.values())} rows in {len(keys)} objects, {len(missing)} missing, {len(twice)} twice, "
+            f"{len(extra)} unexpected",
+        )
+    )
+
+
+def _counters(c: dict[str, Any]) -> str:
+    return (
+        f"{c.get('invocations')} invocations, {c.get('records_done')} records, {c.get('function_errors')} "
+        f"errors, {c.get('partial_failures')} partial failures, {c.get('sent_to_destination')} given up"
+    )
+
+
 def render(result: DemoResult) -> str:
     f = result.figures
     lat = f.get("latency_ms", {})
@@ -218,7 +292,16 @@ def render(result: DemoResult) -> str:
         f"quarantined     {f.get('quarantined', 0):6d}   "
         + ", ".join(f"{k}: {v[:48]}" for k, v in list(f.get("quarantine_reasons", {}).items())[:3])
         + ", ...",
-        f"ingest                  {f.get('ingest', {})}",
+        f"cached          {f.get('cached_devices', 0):6d}   devices with their newest reading in Redis",
+        f"staged          {f.get('staged_rows', 0):6d}   rows in {f.get('staged_objects', 0)} gzip objects",
+        *(
+            f"{name:24s}{_counters(f.get(key, {}))}"
+            for name, key in (
+                ("ingest", "ingest"),
+                ("cache updater", "CacheUpdaterEventSourceMapping"),
+                ("stager", "StagerEventSourceMapping"),
+            )
+        ),
         f"latency (stream -> stored)  p50 {lat.get('p50')} ms   p99 {lat.get('p99')} ms   max {lat.get('max')} ms",
         f"wall time       stack start {f.get('stack_start_s')}s, produce {f.get('produce_s')}s, "
         f"drain {f.get('drain_s')}s, total {f.get('total_s')}s",

@@ -52,9 +52,11 @@ def read_state(state_dir: Path = STATE_DIR) -> dict[str, Any]:
     return state
 
 
-def base_env(endpoint: str, region: str) -> dict[str, str]:
-    """What every local process needs: fake credentials, the region, and every client pointed at moto."""
+def base_env(endpoint: str, region: str, redis_url: str) -> dict[str, str]:
+    """What every local process needs: fake credentials, the region, every client pointed at moto, and the
+    local Redis (``REDIS_URL`` takes precedence over the template's host, TLS and AUTH settings)."""
     return {
+        "REDIS_URL": redis_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
@@ -187,8 +189,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
         for function in _functions_with_mappings(template):
             env = {
                 **os.environ,
-                **base_env(endpoint, region),
-                "REDIS_URL": redis.url,
+                **base_env(endpoint, region, redis.url),
                 **function_env(template, function, res),
             }
             workers.append(
