@@ -8,10 +8,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from boto3.dynamodb.types import TypeSerializer
+
+from devicepipe.dynamo import latest_item, reading_item
 from devicepipe.kpl import SubRecord, aggregate
+from devicepipe.models import format_epoch_s, parse_reading, unmarshal_item
 from devicepipe_tools.template import ROOT
 
 ACCOUNT = "123456789012"
@@ -63,6 +68,59 @@ def kinesis_event(
     }
 
 
+def table_item(
+    doc: dict[str, Any], origin_region: str = "us-east-1", arrival_s: float = 1_795_000_000.0, latest: bool = False
+) -> dict[str, Any]:
+    """The plain item IngestFunction writes for a reading (its LATEST item with ``latest``)."""
+    r = parse_reading(doc, now_s=arrival_s)
+    item = reading_item(r, origin_region=origin_region, ingested_at=format_epoch_s(arrival_s), ttl_days=90)
+    return unmarshal_item(latest_item(r) if latest else item)
+
+
+def dynamodb_record(
+    event_name: str,
+    item: dict[str, Any],
+    *,
+    old: dict[str, Any] | None = None,
+    sequence_number: int,
+    created_s: float = 1_795_000_000.0,
+    region: str = "us-east-1",
+    table: str = "devicepipe-readings",
+) -> dict[str, Any]:
+    """One DynamoDB stream record as Lambda delivers it, images marshalled by boto3's TypeSerializer."""
+    keys = {"pk": item["pk"], "sk": item["sk"]}
+    ddb: dict[str, Any] = {
+        "ApproximateCreationDateTime": int(created_s),
+        "Keys": _marshal(keys),
+        "SequenceNumber": str(sequence_number),
+        "SizeBytes": len(json.dumps(item, default=str)),
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if event_name != "REMOVE":
+        ddb["NewImage"] = _marshal(item)
+    if old is not None or event_name == "REMOVE":
+        ddb["OldImage"] = _marshal(old if old is not None else item)
+    return {
+        "eventID": f"{sequence_number:032x}"[-32:],
+        "eventName": event_name,
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": region,
+        "dynamodb": ddb,
+        "eventSourceARN": f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{table}/stream/2026-11-01T00:00:00.000",
+    }
+
+
+def _marshal(plain: dict[str, Any]) -> dict[str, Any]:
+    """TypeSerializer needs Decimal for numbers; a JSON round trip gives exactly that."""
+    exact = json.loads(json.dumps(plain), parse_float=Decimal)
+    return {k: _serializer.serialize(v) for k, v in exact.items()}
+
+
+_serializer = TypeSerializer()
+_DDB_SEQ_BASE = 4_100_000_000_000_000_000_000
+
+
 def reading(device: str, branch: str, ts: str | int, seq: int | None = None, **metrics: Any) -> dict[str, Any]:
     """A reading as a device sends it (``metrics`` default to a small realistic set)."""
     doc: dict[str, Any] = {"device_id": device, "branch_id": branch, "ts": ts}
@@ -98,7 +156,36 @@ def sample_events() -> dict[str, dict[str, Any]]:
         for i in range(5)
     ]
     kpl_subs.insert(2, SubRecord("dev-bad", b'{"device_id": "dev-bad"}'))
+    us, eu = "us-east-1", "eu-west-1"
+    newer = reading("dev-001", "branch-nyc", "2026-11-02T09:00:05.000Z", 2)
+    older = reading("dev-001", "branch-nyc", "2026-11-02T09:00:00.000Z", 1)
+    moved = reading("dev-002", "branch-bos", "2026-11-02T09:10:00.000Z", 9)  # changed branch
+    replicated = reading("dev-003", "branch-ldn", "2026-11-02T10:00:00.000Z", 4)
+
+    def stream(*records: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "Records": [
+                dynamodb_record(name, item, sequence_number=_DDB_SEQ_BASE + i, created_s=1_793_610_100 + i)
+                for i, (name, item) in enumerate(records)
+            ]
+        }
+
     return {
+        "cache_updater/out-of-order.json": stream(("INSERT", table_item(newer)), ("INSERT", table_item(older))),
+        "cache_updater/mixed.json": stream(
+            ("INSERT", table_item(moved)),
+            ("INSERT", table_item(replicated, origin_region=eu)),
+            ("INSERT", table_item(replicated, origin_region=eu, latest=True)),
+            ("REMOVE", table_item(older)),
+        ),
+        "stager/own-and-replicated.json": stream(
+            ("INSERT", table_item(newer, origin_region=us)),
+            ("INSERT", table_item(older, origin_region=us)),
+            ("INSERT", table_item(replicated, origin_region=eu)),
+            ("MODIFY", table_item(moved, origin_region=us)),
+            ("INSERT", table_item(newer, origin_region=us, latest=True)),
+            ("REMOVE", table_item(moved, origin_region=us)),
+        ),
         "ingest/valid-batch.json": kinesis_event([(r["device_id"], encode(r)) for r in valid]),
         "ingest/poison-pills.json": kinesis_event(poison, first_seq=100),
         "ingest/kpl-aggregated.json": kinesis_event(

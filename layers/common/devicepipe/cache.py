@@ -46,6 +46,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
 return 1
 """
 _NOT_CACHED = frozenset({"pk", "sk", "latest_branch", "latest_at"})
+#: How long a branch read whole from the table is trusted as complete in Redis (stream updates keep it current).
+BRANCH_LOADED_S = 3600
 
 
 def connect(settings: CacheSettings, secrets: Any = None) -> Any:
@@ -234,23 +236,32 @@ class CacheReader:
         return _decode(update.fields)
 
     def branch_devices(self, branch_id: str, limit: int = 100) -> list[tuple[str, int]]:
-        """``(device_id, last seen epoch ms)`` of a branch's devices, most recently seen first."""
-        cached = self.redis.zrevrange(self.writer.branch_key(branch_id), 0, limit - 1, withscores=True)
-        if cached:
+        """``(device_id, last seen epoch ms)`` of a branch's devices, most recently seen first.
+
+        The sorted set alone cannot tell a complete branch from one that only holds devices updated since
+        Redis was emptied (failover, eviction), so a branch counts as cached only while its ``loaded``
+        marker lives: set when the branch was read whole from the table, kept for ``BRANCH_LOADED_S``.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.writer.branch_key(branch_id) + ":loaded")
+        pipe.zrevrange(self.writer.branch_key(branch_id), 0, limit - 1, withscores=True)
+        loaded, cached = pipe.execute()
+        if loaded:
             self.on_lookup("branch", True)
             return [(_text(d), int(score)) for d, score in cached]
         self.on_lookup("branch", False)
-        page = self.dynamodb.query(
+        pages = self.dynamodb.get_paginator("query").paginate(
             TableName=self.table_name,
             IndexName="ByBranchLatest",
             KeyConditionExpression="latest_branch = :b",
             ExpressionAttributeValues={":b": {"S": branch_id}},
             ScanIndexForward=False,
-            Limit=limit,
         )
-        updates = [update_from_item(p, str(p["latest_at"])) for p in map(unmarshal_item, page.get("Items", []))]
+        items = [unmarshal_item(i) for page in pages for i in page.get("Items", [])]
+        updates = [update_from_item(p, str(p["latest_at"])) for p in items]
         self.writer.apply(updates)
-        return [(u.device_id, u.event_ms) for u in updates]
+        self.redis.set(self.writer.branch_key(branch_id) + ":loaded", 1, ex=BRANCH_LOADED_S)
+        return [(u.device_id, u.event_ms) for u in updates[:limit]]
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""CacheUpdaterFunction against a real Redis server, StagerFunction against moto S3, through their handlers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from devicepipe.cache import CacheReader, CacheWriter
+from devicepipe.dynamo import latest_item, reading_item
+from devicepipe.models import parse_reading
+from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.local.net import free_port, wait_listening
+from devicepipe_tools.template import ROOT, create_table_kwargs
+from functions.cache_updater import app as cache_app
+from functions.stager import app as stager_app
+from tests.conftest import FakeLambdaContext
+
+pytestmark = pytest.mark.integration
+SHARED_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def redis_available(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def cache_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """The handler pointed at the machine's Redis (db 15), under a key prefix of its own."""
+    if not redis_available(SHARED_REDIS):
+        pytest.skip("no Redis server on 127.0.0.1:6379 (.ci/run starts one)")
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("REDIS_URL", SHARED_REDIS)
+    monkeypatch.setenv("CACHE_KEY_PREFIX", prefix)
+    monkeypatch.setenv("TABLE_NAME", "devicepipe-readings")
+    cache_app._writer.cache_clear()
+    client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
+    yield client
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    cache_app._writer.cache_clear()
+
+
+def sample(path: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((ROOT / "events" / path).read_text())
+    return event
+
+
+def stream_event(*records: tuple[str, dict[str, Any]], start: int = 1) -> dict[str, Any]:
+    return {"Records": [dynamodb_record(n, i, sequence_number=start + k) for k, (n, i) in enumerate(records)]}
+
+
+def cached(client: redis.Redis, device: str) -> dict[str, str]:
+    return client.hgetall(f"{cache_app._writer().prefix}:device:{device}")  # type: ignore[return-value]
+
+
+def test_out_of_order_events_leave_the_newest_reading(
+    cache_env: redis.Redis, lambda_context: FakeLambdaContext
+) -> None:
+    # Given the newest reading arrives before an older one in the same batch
+    assert cache_app.lambda_handler(sample("cache_updater/out-of-order.json"), lambda_context) == {
+        "batchItemFailures": []
+    }
+    # Then the cache holds the newest; an older batch later changes nothing
+    assert cached(cache_env, "dev-001")["seq"] == "2"
+    older = table_item(reading("dev-001", "branch-nyc", "2026-11-02T08:00:00Z", 99))
+    cache_app.lambda_handler(stream_event(("INSERT", older), start=50), lambda_context)
+    assert cached(cache_env, "dev-001")["seq"] == "2"
+
+
+def test_replayed_and_replicated_writes(cache_env: redis.Redis, lambda_context: FakeLambdaContext) -> None:
+    event = sample("cache_updater/mixed.json")
+    cache_app.lambda_handler(event, lambda_context)
+    snapshot = {d: cached(cache_env, d) for d in ("dev-002", "dev-003")}
+    cache_app.lambda_handler(event, lambda_context)  # replay
+    assert {d: cached(cache_env, d) for d in ("dev-002", "dev-003")} == snapshot
+    # The replicated write (origin eu-west-1) is cached like a local one; the REMOVE evicted nothing
+    assert snapshot["dev-003"]["origin_region"] == "eu-west-1"
+    prefix = cache_app._writer().prefix
+    assert cache_env.zscore(f"{prefix}:branch:branch-bos:devices", "dev-002") == 1_793_610_600_000
+    assert cache_env.ttl(f"{prefix}:device:dev-002") > 0  # expires with the reading's DynamoDB TTL
+
+
+def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
+    lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs the redis-server binary")
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv("TABLE_NAME", "t")
+    cache_app._writer.cache_clear()
+    try:
+        # Given a first batch applied, then Redis going away
+        cache_app.lambda_handler(sample("cache_updater/out-of-order.json"), lambda_context)
+        server.terminate()
+        server.wait()
+        # When the next batch arrives, every record is reported for retry
+        event = sample("cache_updater/mixed.json")
+        response = cache_app.lambda_handler(event, lambda_context)
+        assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [
+            r["dynamodb"]["SequenceNumber"] for r in event["Records"]
+        ]
+        # And once Redis is back, the retried batch is applied
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_listening(port)
+        assert cache_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+        client = redis.Redis(port=port, decode_responses=True)
+        assert client.hget("dp:device:dev-002", "branch_id") == "branch-bos"
+    finally:
+        server.terminate()
+        server.wait()
+        cache_app._writer.cache_clear()
+
+
+def test_cache_aside_reads_fall_back_to_dynamodb_then_hit(template: dict[str, Any]) -> None:
+    if not redis_available(SHARED_REDIS):
+        pytest.skip("no Redis server on 127.0.0.1:6379")
+    writer = CacheWriter(redis.Redis.from_url(SHARED_REDIS), prefix=f"test-{uuid.uuid4().hex[:8]}")
+    lookups: list[tuple[str, bool]] = []
+    with mock_aws():
+        ddb = boto3.client("dynamodb")
+        ddb.create_table(**create_table_kwargs(template, "ReadingsTable", "t"))
+        for device, ts in (("a", "2026-11-02T09:00:00Z"), ("b", "2026-11-02T10:00:00Z")):
+            r = parse_reading(reading(device, "br-7", ts, 1), now_s=1_795_000_000)
+            reading_item(r, origin_region="us-east-1", ingested_at="x", ttl_days=90)
+            ddb.put_item(TableName="t", Item=latest_item(r))
+        reader = CacheReader(writer, ddb, "t", on_lookup=lambda kind, hit: lookups.append((kind, hit)))
+        try:
+            first = reader.latest("a")
+            second = reader.latest("a")
+            assert first == second and first is not None and first["ts"] == "2026-11-02T09:00:00.000000Z"
+            assert reader.latest("nobody") is None
+            assert reader.branch_devices("br-7") == [("b", 1_793_613_600_000), ("a", 1_793_610_000_000)]
+            assert [d for d, _ in reader.branch_devices("br-7")] == ["b", "a"]
+        finally:
+            for key in writer.redis.scan_iter(f"{writer.prefix}:*"):
+                writer.redis.delete(key)
+    # "a" was cached by its own read, yet the branch is read whole from the table the first time
+    assert lookups == [("latest", False), ("latest", True), ("latest", False), ("branch", False), ("branch", True)]
+
+
+@pytest.fixture
+def staging(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="staging")
+        s3.put_bucket_versioning(Bucket="staging", VersioningConfiguration={"Status": "Enabled"})
+        monkeypatch.setenv("STAGING_BUCKET", "staging")
+        stager_app._stager.cache_clear()
+        yield s3
+        stager_app._stager.cache_clear()
+
+
+def test_stager_writes_own_region_readings_and_a_replay_rewrites_the_same_object(
+    staging: Any, lambda_context: FakeLambdaContext
+) -> None:
+    event = sample("stager/own-and-replicated.json")
+    assert stager_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    (obj,) = staging.list_objects_v2(Bucket="staging")["Contents"]
+    first = staging.get_object(Bucket="staging", Key=obj["Key"])["Body"].read()
+    time.sleep(0.01)
+    assert stager_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    versions = staging.list_object_versions(Bucket="staging")["Versions"]
+    assert len(versions) == 2 and {v["Key"] for v in versions} == {obj["Key"]}
+    assert staging.get_object(Bucket="staging", Key=obj["Key"])["Body"].read() == first
+    assert len({v["ETag"] for v in versions}) == 1  # same bytes
+
+
+def test_stager_failure_reports_every_record(
+    staging: Any, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STAGING_BUCKET", "no-such-bucket")
+    stager_app._stager.cache_clear()
+    event = sample("stager/own-and-replicated.json")
+    response = stager_app.lambda_handler(event, lambda_context)
+    assert len(response["batchItemFailures"]) == len(event["Records"])
