@@ -16,7 +16,7 @@ from devicepipe_tools.fakes import FaultyKinesis
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, FailureFile, Producer
-from devicepipe_tools.template import ROOT
+from devicepipe_tools.template import ROOT, load_template
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
@@ -157,14 +157,27 @@ def test_usage_errors_exit_2(local: dict[str, Any], tmp_path: Path) -> None:
     assert cli.main(["produce", "--simulate", "--count", "1"]) == cli.EXIT_USAGE  # no --stream
 
 
-@pytest.mark.parametrize("event", sorted(p.name for p in (ROOT / "events" / "ingest").glob("*.json")))
+def function_of(event_path: str) -> str:
+    """The function whose code folder names the event's folder (events/<folder>/ -> functions/<folder>/)."""
+    folder = event_path.split("/", maxsplit=1)[0]
+    (logical_id,) = (
+        k
+        for k, v in load_template()["Resources"].items()
+        if v["Type"] == "AWS::Serverless::Function" and v["Properties"]["CodeUri"].rstrip("/").endswith(folder)
+    )
+    return str(logical_id)
+
+
+@pytest.mark.parametrize(
+    "event", sorted(p.relative_to(ROOT / "events").as_posix() for p in (ROOT / "events").rglob("*.json"))
+)
 def test_every_sample_event_runs_through_its_function(local: dict[str, Any], event: str, capfd: Any) -> None:
     code = cli.main(
         [
             "invoke",
-            "IngestFunction",
+            function_of(event),
             "--event",
-            str(ROOT / "events" / "ingest" / event),
+            str(ROOT / "events" / event),
             "--local",
             "--state-dir",
             str(local["state_dir"]),

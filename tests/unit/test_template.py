@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from typing import Any
 
@@ -50,19 +51,23 @@ def test_branch_index_is_sparse_on_latest_only_attributes(template: dict[str, An
     assert [k["AttributeName"] for k in props["KeySchema"]] == ["pk", "sk"]
 
 
-def test_ingest_event_source_mapping_cannot_block_a_shard(template: dict[str, Any]) -> None:
-    (esm,) = (
-        r["Properties"]
-        for r in resources_of(template, "AWS::Lambda::EventSourceMapping").values()
-        if r["Properties"]["FunctionName"] == {"Ref": "IngestFunction"}
-    )
+def test_ingest_reads_the_kinesis_stream(template: dict[str, Any]) -> None:
+    esm = resource(template, "IngestEventSourceMapping")["Properties"]
     assert esm["EventSourceArn"] == {"Fn::GetAtt": ["ReadingsStream", "Arn"]}
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["IngestFailureQueue", "Arn"]}
+
+
+@pytest.mark.parametrize(
+    "mapping", ["IngestEventSourceMapping", "CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"]
+)
+def test_every_event_source_mapping_cannot_block_a_shard(template: dict[str, Any], mapping: str) -> None:
+    esm = resource(template, mapping)["Properties"]
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert esm["BisectBatchOnFunctionError"] is True
     assert 0 < esm["MaximumRetryAttempts"] <= 10
     assert 60 <= esm["MaximumRecordAgeInSeconds"] <= 86_400
     assert esm["MaximumBatchingWindowInSeconds"] >= 1
-    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["IngestFailureQueue", "Arn"]}
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][1] == "Arn"
 
 
 def test_functions_run_python313_on_arm64_with_the_common_layer(template: dict[str, Any]) -> None:
@@ -89,12 +94,29 @@ def statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def test_iam_has_no_wildcard_actions_and_star_resources_only_for_xray(template: dict[str, Any]) -> None:
+#: Actions that support no resource-level scoping: the only ones allowed on Resource "*".
+UNSCOPABLE = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
+
+def test_iam_has_no_wildcard_actions_and_star_resources_only_where_unscopable(template: dict[str, Any]) -> None:
     for role, stmt in statements(template):
         actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
         assert all("*" not in a for a in actions), (role, stmt)
         if stmt["Resource"] == "*":
-            assert all(a.startswith("xray:") for a in actions), (role, stmt)
+            assert set(actions) <= UNSCOPABLE, (role, stmt)
+
+
+def test_each_function_has_its_own_role(template: dict[str, Any]) -> None:
+    roles = [f["Properties"]["Role"] for f in resources_of(template, "AWS::Serverless::Function").values()]
+    assert len(roles) == len(set(map(str, roles))) >= 3
 
 
 def test_ingest_role_writes_only_its_table_and_quarantine_prefix(template: dict[str, Any]) -> None:
@@ -104,7 +126,7 @@ def test_ingest_role_writes_only_its_table_and_quarantine_prefix(template: dict[
     assert by_sid["Quarantine"]["Resource"] == {"Fn::Sub": "${QuarantineBucket.Arn}/quarantine/*"}
 
 
-@pytest.mark.parametrize("logical_id", ["QuarantineBucket"])
+@pytest.mark.parametrize("logical_id", ["QuarantineBucket", "StagingBucket"])
 def test_buckets_are_encrypted_versioned_private_and_tls_only(template: dict[str, Any], logical_id: str) -> None:
     props = resource(template, logical_id)["Properties"]
     assert (
@@ -139,3 +161,50 @@ def test_samconfig_has_one_environment_per_region() -> None:
         params = config[region]["deploy"]["parameters"]
         assert params["region"] == region
         assert "PrimaryRegion=us-east-1" in params["parameter_overrides"]
+
+
+def test_private_subnets_in_two_azs_with_endpoints_and_no_internet_route(template: dict[str, Any]) -> None:
+    subnets = resources_of(template, "AWS::EC2::Subnet")
+    azs = {json.dumps(s["Properties"]["AvailabilityZone"]) for s in subnets.values()}
+    assert len(subnets) >= 2 and len(azs) >= 2
+    assert all(s["Properties"]["MapPublicIpOnLaunch"] is False for s in subnets.values())
+    assert not resources_of(template, "AWS::EC2::InternetGateway")
+    assert not resources_of(template, "AWS::EC2::NatGateway")
+    services = {
+        e["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1]: e["Properties"]["VpcEndpointType"]
+        for e in resources_of(template, "AWS::EC2::VPCEndpoint").values()
+    }
+    assert services["dynamodb"] == services["s3"] == "Gateway"
+    assert services["secretsmanager"] == "Interface"
+
+
+def test_redis_is_multi_az_encrypted_with_auth_from_secrets_manager(template: dict[str, Any]) -> None:
+    props = resource(template, "RedisReplicationGroup")["Properties"]
+    assert props["MultiAZEnabled"] is True and props["AutomaticFailoverEnabled"] is True
+    assert props["NumCacheClusters"] >= 2
+    assert props["TransitEncryptionEnabled"] is True and props["AtRestEncryptionEnabled"] is True
+    assert "resolve:secretsmanager" in props["AuthToken"]["Fn::Sub"]
+    ingress = resource(template, "RedisSecurityGroup")["Properties"]["SecurityGroupIngress"]
+    assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
+
+
+@pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction"])
+def test_stream_consumers_run_in_the_vpc(template: dict[str, Any], function: str) -> None:
+    vpc = resource(template, function)["Properties"]["VpcConfig"]
+    assert vpc["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+
+
+@pytest.mark.parametrize("mapping", ["CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"])
+def test_stream_consumer_mappings_read_this_regions_table_stream(template: dict[str, Any], mapping: str) -> None:
+    esm = resource(template, mapping)
+    assert esm["Condition"] == "ConsumesTableStream"
+    assert esm["Properties"]["EventSourceArn"] == {
+        "Fn::If": ["IsPrimaryRegion", {"Fn::GetAtt": ["ReadingsTable", "StreamArn"]}, {"Ref": "ReplicaStreamArn"}]
+    }
+
+
+def test_stager_filter_keeps_own_region_reading_writes_only(template: dict[str, Any]) -> None:
+    (pattern,) = resource(template, "StagerEventSourceMapping")["Properties"]["FilterCriteria"]["Filters"]
+    parsed = json.loads(pattern["Pattern"]["Fn::Sub"].replace("${AWS::Region}", "eu-west-1"))
+    assert parsed["dynamodb"]["NewImage"]["origin_region"] == {"S": ["eu-west-1"]}
+    assert parsed["eventName"] == ["INSERT", "MODIFY"]
