@@ -20,6 +20,8 @@ def test_small_demo_is_consistent(tmp_path: Path) -> None:
     assert result.figures["readings_stored"] == 600
     assert result.figures["quarantined"] == len(POISON_PILLS)
     assert result.figures["latest_items"] == 40
+    assert result.figures["cached_devices"] == 40
+    assert result.figures["staged_rows"] == 600
     assert result.figures["latency_ms"]["count"] == 600 + len(POISON_PILLS)
     assert "verdict: CONSISTENT" in report
     assert not (tmp_path / "demo" / "state.json").exists()  # the stack was stopped
