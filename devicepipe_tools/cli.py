@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from devicepipe_tools.producer import (
     read_readings,
     simulate,
 )
+from devicepipe_tools.template import ROOT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
@@ -91,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         a.set_defaults(run=run)
         if name in ("up", "demo"):
-            a.add_argument("--regions", default="us-east-1", help="comma-separated (default us-east-1)")
+            a.add_argument(
+                "--regions",
+                default="us-east-1",
+                help="comma-separated, or 'all' for samconfig.toml's (default us-east-1)",
+            )
         if name == "demo":
             a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")
             a.add_argument("--devices", type=_positive, default=200)
@@ -184,6 +190,14 @@ def _open(path: str) -> Any:
 
 # ----------------------------------------------------------------------------------------------- local
 def _regions(text: str) -> tuple[str, ...]:
+    """Comma-separated regions, or ``all``: every region samconfig.toml deploys to."""
+    if text.strip() == "all":
+        config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+        return tuple(
+            env["deploy"]["parameters"]["region"]
+            for env in config.values()
+            if isinstance(env, dict) and "region" in env.get("deploy", {}).get("parameters", {})
+        )
     return tuple(r.strip() for r in text.split(",") if r.strip())
 
 

@@ -57,8 +57,7 @@ def connect(settings: CacheSettings, secrets: Any = None) -> Any:
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
         "health_check_interval": 30,  # a connection idle through a frozen container is checked before use
-        "retry_on_timeout": True,
-    }
+    }  # redis-py retries connection errors and timeouts itself (3 attempts with jittered backoff)
     if settings.redis_url:
         return redis_lib.Redis.from_url(settings.redis_url, **options)
     password = None
