@@ -177,13 +177,14 @@ def serve(regions: list[str], state_dir: Path) -> None:
         "endpoint": endpoint,
         "redis_url": redis.url,
         "redis_kind": redis.kind,
+        "warehouse": str(state_dir / "warehouse.duckdb"),
         "regions": {r: asdict(res) for r, res in resources.items()},
         "started_at": time.time(),
         "ready": False,
     }
     _write(state_path(state_dir), state)
-    for stale in state_dir.glob("esm-*.json"):
-        stale.unlink()
+    for stale in [*state_dir.glob("esm-*.json"), state_dir / "loader.json", state_dir / "warehouse.duckdb"]:
+        stale.unlink(missing_ok=True)
     workers = []
     for region, res in resources.items():
         for function in _functions_with_mappings(template):
@@ -209,9 +210,20 @@ def serve(regions: list[str], state_dir: Path) -> None:
                     cwd=ROOT,
                 )
             )
-    # Ready once every worker has reported its first statistics (its mappings are polling).
-    expected = len(workers)
-    while not stopping and len(list(state_dir.glob("esm-*.json"))) < expected:
+    # The warehouse loader runs on a schedule in the primary region (the first one), over every region.
+    primary = regions[0]
+    workers.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "devicepipe_tools.local.loader_worker", "--state-dir", str(state_dir)],
+            env={**os.environ, **base_env(endpoint, primary, redis.url)},
+            cwd=ROOT,
+        )
+    )
+    # Ready once every worker has reported its first statistics (mappings polling, loader cycled).
+    expected = len(workers) - 1
+    while not stopping and (
+        len(list(state_dir.glob("esm-*.json"))) < expected or not (state_dir / "loader.json").exists()
+    ):
         if any(w.poll() is not None for w in workers):
             print("a worker exited during start-up", file=sys.stderr)
             stopping = True
@@ -220,7 +232,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
     state["workers"] = [w.pid for w in workers]
     state["ready"] = not stopping
     _write(state_path(state_dir), state)
-    print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {expected} workers", flush=True)
+    print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {len(workers)} workers", flush=True)
     while not stopping:
         if any(w.poll() is not None for w in workers):
             print("a worker exited; stopping the stack", file=sys.stderr, flush=True)

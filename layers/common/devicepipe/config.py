@@ -128,3 +128,38 @@ class StagerSettings:
         settings = cls(region=e.text("AWS_REGION"), staging_bucket=e.text("STAGING_BUCKET"))
         e.check("StagerFunction settings")
         return settings
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Settings of LoaderFunction. ``STAGING_SOURCES``: ``bucket:region`` pairs, comma-separated."""
+
+    workgroup: str
+    database: str
+    copy_role_arn: str
+    manifest_bucket: str
+    sources: tuple[tuple[str, str], ...]
+    max_objects: int = 500
+    max_bytes: int = 512 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoaderSettings:
+        e = _Env(os.environ if env is None else env)
+        sources = []
+        for pair in e.text("STAGING_SOURCES").split(","):
+            bucket, _, region = pair.strip().partition(":")
+            if pair.strip() and (not bucket or not region):
+                e.problems.append(f"STAGING_SOURCES entries must be bucket:region, got {pair.strip()!r}")
+            elif pair.strip():
+                sources.append((bucket, region))
+        settings = cls(
+            workgroup=e.text("WORKGROUP_NAME"),
+            database=e.text("DATABASE_NAME"),
+            copy_role_arn=e.text("COPY_ROLE_ARN"),
+            manifest_bucket=e.text("MANIFEST_BUCKET"),
+            sources=tuple(sources),
+            max_objects=e.integer("MANIFEST_MAX_OBJECTS", 500, 1, 10_000),
+            max_bytes=e.integer("MANIFEST_MAX_BYTES", 512 * 1024 * 1024, 1024, 64 * 1024**3),
+        )
+        e.check("LoaderFunction settings")
+        return settings

@@ -1,0 +1,59 @@
+"""LoaderFunction: staged objects -> Redshift (Data API), on a schedule or for a backfill.
+
+Event: the EventBridge schedule's, or ``{"prefix": "readings/origin=us-east-1/dt=2026-11-02/"}`` to load (or
+reload what is not loaded yet) under one prefix by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from devicepipe.config import LoaderSettings
+from devicepipe.loader import Loader, Source
+from devicepipe.observability import logger, metrics, tracer
+from devicepipe.retry import Deadline
+from devicepipe.staging import PREFIX
+from devicepipe.warehouse import RedshiftDataApi
+
+
+@cache
+def _loader() -> tuple[Loader, Deadline]:
+    settings = LoaderSettings.from_env()
+    # Keep a minute in hand: a statement still running then is cancelled and its transaction rolled back.
+    deadline = Deadline(lambda: 2**31, reserve_ms=60_000)
+    warehouse = RedshiftDataApi(boto3.client("redshift-data"), settings.workgroup, settings.database, deadline)
+    loader = Loader(
+        boto3.client("s3"),
+        warehouse,
+        [Source(bucket, region) for bucket, region in settings.sources],
+        settings.manifest_bucket,
+        settings.copy_role_arn,
+        settings.max_objects,
+        settings.max_bytes,
+    )
+    return loader, deadline
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    loader, deadline = _loader()
+    deadline.remaining_ms = context.get_remaining_time_in_millis
+    prefix = event.get("prefix") or f"{PREFIX}/"
+    if not str(prefix).startswith(f"{PREFIX}/"):
+        raise ValueError(f"backfill prefix must start with {PREFIX}/, got {prefix!r}")
+    report = loader.run(prefix)
+    metrics.add_metric("ObjectsLoaded", MetricUnit.Count, report.loaded_objects)
+    metrics.add_metric("CopyStatements", MetricUnit.Count, report.copies)
+    metrics.add_metric("LoadFailures", MetricUnit.Count, len(report.failed))
+    metrics.add_metric("LoadDeferred", MetricUnit.Count, int(bool(report.deferred)))
+    metrics.add_metric("ObjectsPending", MetricUnit.Count, report.pending_objects - report.loaded_objects)
+    logger.info("load cycle done", extra=asdict(report))
+    return asdict(report)

@@ -1,0 +1,223 @@
+"""The warehouse side of the loader: Redshift SQL (written once) and the Redshift Data API adapter.
+
+One load is one transaction (Data API ``BatchExecuteStatement`` runs its statements as one):
+
+1. ``LOCK load_ledger`` serialises concurrent loaders;
+2. COPY the manifest's objects into a temporary staging table (JSON 'auto', GZIP, IAM role);
+3. keep one row per ``(device_id, ts, seq)`` (the newest ``ingested_at``) and MERGE it into ``readings``;
+4. record the manifest in ``load_ledger`` and its objects in ``loaded_objects``.
+
+A repeated or retried load of the same manifest therefore changes no row (MERGE on the key), and either all of
+it happens or none (a cancelled or failed statement rolls the transaction back).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devicepipe.retry import Backoff, Deadline, error_code
+
+DDL = [
+    """CREATE TABLE IF NOT EXISTS readings (
+    device_id VARCHAR(128) NOT NULL,
+    branch_id VARCHAR(128) NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    seq BIGINT NOT NULL,
+    metrics SUPER,
+    extra SUPER,
+    origin_region VARCHAR(32),
+    ingested_at TIMESTAMP,
+    loaded_at TIMESTAMP DEFAULT GETDATE(),
+    PRIMARY KEY (device_id, ts, seq)
+) DISTKEY (device_id) COMPOUND SORTKEY (device_id, ts)""",
+    """CREATE TABLE IF NOT EXISTS load_ledger (
+    manifest_key VARCHAR(1024) NOT NULL,
+    loaded_at TIMESTAMP NOT NULL,
+    object_count INTEGER NOT NULL,
+    PRIMARY KEY (manifest_key)
+)""",
+    """CREATE TABLE IF NOT EXISTS loaded_objects (
+    object_key VARCHAR(1024) NOT NULL,
+    manifest_key VARCHAR(1024) NOT NULL,
+    PRIMARY KEY (object_key)
+)""",
+]
+# Rows keep the staged JSON's names (COPY FORMAT JSON 'auto' maps keys to columns by name).
+STAGE_DDL = """CREATE TEMP TABLE stage (
+    device_id VARCHAR(128),
+    branch_id VARCHAR(128),
+    ts TIMESTAMP,
+    seq BIGINT,
+    metrics SUPER,
+    extra SUPER,
+    origin_region VARCHAR(32),
+    ingested_at TIMESTAMP
+)"""
+COPY = (
+    "COPY stage FROM '{manifest_url}' IAM_ROLE '{role_arn}' FORMAT JSON 'auto' GZIP MANIFEST "
+    "TIMEFORMAT 'auto' REGION '{region}'"
+)
+DEDUP = """CREATE TEMP TABLE stage_dedup AS
+SELECT * FROM stage
+QUALIFY ROW_NUMBER() OVER (PARTITION BY device_id, ts, seq ORDER BY ingested_at DESC) = 1"""
+MERGE = """MERGE INTO readings USING stage_dedup AS s
+ON readings.device_id = s.device_id AND readings.ts = s.ts AND readings.seq = s.seq
+WHEN MATCHED THEN UPDATE SET branch_id = s.branch_id, metrics = s.metrics, extra = s.extra,
+    origin_region = s.origin_region, ingested_at = s.ingested_at
+WHEN NOT MATCHED THEN INSERT (device_id, branch_id, ts, seq, metrics, extra, origin_region, ingested_at)
+    VALUES (s.device_id, s.branch_id, s.ts, s.seq, s.metrics, s.extra, s.origin_region, s.ingested_at)"""
+# Delete-then-insert under the lock: a concurrent or repeated load of the same manifest leaves one ledger row
+# (Redshift does not enforce primary keys).
+LEDGER = [
+    "DELETE FROM load_ledger WHERE manifest_key = '{manifest_key}'",
+    "INSERT INTO load_ledger (manifest_key, loaded_at, object_count) VALUES ('{manifest_key}', GETDATE(), {count})",
+]
+LOADED_OBJECTS = [
+    "DELETE FROM loaded_objects WHERE object_key IN ({keys})",
+    "INSERT INTO loaded_objects (object_key, manifest_key) VALUES {values}",
+]
+LOADED_KEYS = "SELECT object_key FROM loaded_objects"
+LOAD_ERRORS = """SELECT file_name, line_number, column_name, error_message
+FROM sys_load_error_detail WHERE query_id = {query_id} ORDER BY line_number LIMIT 20"""
+BRANCH_REPORT = """SELECT branch_id, COUNT(*) AS readings, COUNT(DISTINCT device_id) AS devices, MAX(ts) AS last_seen
+FROM readings GROUP BY branch_id ORDER BY branch_id"""
+
+
+def quote(text: str) -> str:
+    """A SQL string literal's content (keys are ours, but quote anyway)."""
+    return text.replace("'", "''")
+
+
+def load_statements(
+    manifest_url: str, manifest_key: str, objects: Sequence[str], role_arn: str, region: str
+) -> list[str]:
+    """The statements of one load, in order (run as one transaction)."""
+    values = ", ".join(f"('{quote(o)}', '{quote(manifest_key)}')" for o in objects)
+    keys = ", ".join(f"'{quote(o)}'" for o in objects)
+    return [
+        "LOCK load_ledger",
+        STAGE_DDL,
+        COPY.format(manifest_url=quote(manifest_url), role_arn=quote(role_arn), region=quote(region)),
+        DEDUP,
+        MERGE,
+        *(s.format(manifest_key=quote(manifest_key), count=len(objects)) for s in LEDGER),
+        *(s.format(keys=keys, values=values) for s in LOADED_OBJECTS),
+    ]
+
+
+class LoadFailed(RuntimeError):
+    """A load that did not commit. ``retryable`` says whether the same load may succeed later."""
+
+    def __init__(self, message: str, retryable: bool, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.errors = errors or []
+
+
+class Warehouse(Protocol):
+    """What the loader needs of a warehouse (Redshift through the Data API, or DuckDB locally)."""
+
+    def execute(self, statements: Sequence[str]) -> None:
+        """Run the statements as one transaction; raise ``LoadFailed`` if it does not commit."""
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of one query."""
+
+
+#: Failures that a later attempt can get past (the warehouse is paused, busy, or throttling us).
+_RETRYABLE = (
+    "throttl",
+    "paused",
+    "resuming",
+    "activestatementsexceeded",
+    "too many",
+    "timeout",
+    "connection",
+    "insufficient capacity",
+    "serializable isolation",
+    "cancelled by the loader",
+)
+
+
+def is_retryable(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in _RETRYABLE)
+
+
+@dataclass
+class RedshiftDataApi:
+    """Redshift Serverless through the Data API: IAM auth (no passwords), statements polled to completion.
+
+    Parameters
+    ----------
+    client
+        boto3 ``redshift-data`` client.
+    workgroup, database
+        Where to run.
+    deadline
+        Time left in the invocation; a statement still running near it is cancelled (its transaction rolls
+        back, so nothing is half-done) and reported as retryable.
+    """
+
+    client: Any
+    workgroup: str
+    database: str
+    deadline: Deadline = field(default_factory=Deadline.unlimited)
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.1, cap_s=2.0))
+    sleep: Callable[[float], None] = time.sleep
+
+    def execute(self, statements: Sequence[str]) -> None:
+        try:
+            statement_id = self.client.batch_execute_statement(
+                WorkgroupName=self.workgroup, Database=self.database, Sqls=list(statements)
+            )["Id"]
+        except Exception as exc:
+            code = error_code(exc) or type(exc).__name__
+            raise LoadFailed(f"{code}: {exc}", retryable=is_retryable(f"{code} {exc}")) from exc
+        self._wait(statement_id)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        statement_id = self.client.execute_statement(WorkgroupName=self.workgroup, Database=self.database, Sql=sql)[
+            "Id"
+        ]
+        self._wait(statement_id)
+        rows: list[tuple[Any, ...]] = []
+        kwargs: dict[str, Any] = {"Id": statement_id}
+        while True:
+            page = self.client.get_statement_result(**kwargs)
+            rows += [tuple(next(iter(cell.values())) if cell else None for cell in r) for r in page["Records"]]
+            if not page.get("NextToken"):
+                return rows
+            kwargs["NextToken"] = page["NextToken"]
+
+    def _wait(self, statement_id: str) -> dict[str, Any]:
+        retry = 0
+        while True:
+            desc: dict[str, Any] = self.client.describe_statement(Id=statement_id)
+            status = desc["Status"]
+            if status == "FINISHED":
+                return desc
+            if status in ("FAILED", "ABORTED"):
+                message = desc.get("Error", status)
+                errors = self._load_errors(desc)
+                raise LoadFailed(message, retryable=is_retryable(message) and not errors, errors=errors)
+            wait = self.backoff.delay(min(retry, 5), rng=lambda: 1.0)
+            if not self.deadline.allows(wait + 1.0):
+                self.client.cancel_statement(Id=statement_id)
+                raise LoadFailed("cancelled by the loader before the function timeout", retryable=True)
+            self.sleep(wait)
+            retry += 1
+
+    def _load_errors(self, desc: dict[str, Any]) -> list[dict[str, Any]]:
+        """File, line, column and reason of COPY errors, from sys_load_error_detail."""
+        query_ids = [s.get("RedshiftQueryId") for s in desc.get("SubStatements", []) if s.get("Status") == "FAILED"]
+        if not query_ids or not query_ids[0]:
+            return []
+        try:
+            rows = self.query(LOAD_ERRORS.format(query_id=int(query_ids[0])))
+        except LoadFailed:
+            return []
+        return [{"file": r[0], "line": r[1], "column": r[2], "reason": r[3]} for r in rows]
