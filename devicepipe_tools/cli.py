@@ -106,6 +106,18 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--timeout", type=float, default=600, help="seconds to wait for draining")
             a.add_argument("--json", action="store_true", help="print the figures as JSON too")
 
+    p = sub.add_parser("loads", help="warehouse loads: list | errors MANIFEST | reload MANIFEST")
+    p.add_argument("action", choices=["list", "errors", "reload"])
+    p.add_argument("manifest", nargs="?", help="manifest file name (as `loads list` shows it)")
+    p.add_argument("--local", action="store_true", help="the local stack's warehouse (DuckDB)")
+    p.add_argument("--workgroup", help="Redshift Serverless workgroup (AWS)")
+    p.add_argument("--database", default="devicepipe", help="database (AWS; default devicepipe)")
+    p.add_argument("--manifest-bucket", help="staging bucket holding the manifests (AWS)")
+    p.add_argument("--sources", help="staging buckets as bucket:region,bucket:region (AWS)")
+    p.add_argument("--region", help="AWS region of the warehouse")
+    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(run=_loads)
+
     p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
     p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
     p.add_argument("--event", required=True, help="event JSON file (see events/)")
@@ -249,6 +261,69 @@ def _local_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.figures, indent=1))
     return EXIT_OK if result.consistent else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------------------------- loads
+def _loads(args: argparse.Namespace) -> int:
+    from devicepipe.loader import FAILED_PREFIX, Loader, Source
+    from devicepipe.warehouse import LoadFailed, RedshiftDataApi
+
+    if args.local:
+        from devicepipe_tools.local.loader_worker import build_loader
+
+        loader = build_loader(stack.read_state(args.state_dir), args.state_dir)
+    else:
+        missing = [f for f in ("workgroup", "manifest_bucket", "sources") if not getattr(args, f)]
+        if missing:
+            print(
+                f"devicepipe: loads needs --local, or {', '.join('--' + m.replace('_', '-') for m in missing)}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        sources = [Source(*pair.split(":", 1)) for pair in args.sources.split(",")]
+        warehouse = RedshiftDataApi(
+            boto3.client("redshift-data", region_name=args.region), args.workgroup, args.database
+        )
+        loader = Loader(boto3.client("s3", region_name=args.region), warehouse, sources, args.manifest_bucket)
+    if args.action == "list":
+        pending = loader.pending()
+        print(f"pending: {len(pending)} staged objects in {len(loader.plan(pending))} manifests")
+        for obj in pending[:10]:
+            print(f"  {obj.url}  {obj.size} bytes")
+        loaded = loader.warehouse.query(
+            "SELECT manifest_key, loaded_at, object_count FROM load_ledger ORDER BY loaded_at"
+        )
+        print(f"loaded: {len(loaded)} manifests")
+        for key, at, count in loaded[-10:]:
+            print(f"  {key}  {at}  {count} objects")
+        failed = loader.failed_manifests()
+        print(f"failed: {len(failed)} manifests (see `devicepipe loads errors NAME`)")
+        for doc in failed:
+            print(f"  {doc['manifest'].rsplit('/', 1)[1]}  {len(doc['objects'])} objects  {doc['error'][:100]}")
+        return EXIT_OK
+    if not args.manifest:
+        print(f"devicepipe: loads {args.action} needs a manifest name", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "errors":
+        try:
+            body = loader.s3.get_object(Bucket=loader.manifest_bucket, Key=f"{FAILED_PREFIX}/{args.manifest}")["Body"]
+        except loader.s3.exceptions.NoSuchKey:
+            print(f"devicepipe: no failed manifest {args.manifest}", file=sys.stderr)
+            return EXIT_USAGE
+        doc = json.loads(body.read())
+        print(f"{doc['manifest']}: {doc['error']}")
+        for e in doc["errors"] or [{"file": "?", "line": "?", "column": "?", "reason": doc["error"]}]:
+            print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}")
+        return EXIT_OK
+    try:
+        loader.reload(args.manifest)
+    except LoadFailed as exc:
+        print(f"devicepipe: reload failed: {exc}", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.manifest} loaded")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------- invoke

@@ -4,8 +4,9 @@ Adaptations (everything else is sqlglot's Redshift -> DuckDB translation of the 
 - ``COPY ... FROM '<manifest>' ... MANIFEST``: the manifest and its objects are read through the S3 API (the
   local stack's moto) and bulk-loaded with ``read_json``; a line that is not valid JSON fails the load with
   its file, line and reason, as ``sys_load_error_detail`` would report it;
-- ``SUPER`` columns become ``JSON``; ``LOCK`` is dropped (DuckDB allows one writer per database file and its
-  transactions serialise).
+- ``SUPER`` columns become ``JSON``; ``LOCK <table>`` becomes an exclusive file lock held until the
+  transaction ends, serialising loaders across threads and processes as Redshift's table lock does (DuckDB's
+  optimistic transactions would otherwise fail one of two concurrent loads on a key conflict).
 
 Not reproduced: Redshift's distribution and sort keys (ignored), SUPER's PartiQL navigation, COPY's
 ``TIMEFORMAT``/``ACCEPTINVCHARS`` corner cases, the Data API's asynchronous statements, IAM roles.
@@ -13,13 +14,16 @@ Not reproduced: Redshift's distribution and sort keys (ignored), SUPER's PartiQL
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
 import logging
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ class DuckDBWarehouse:
         self.path = str(path)
         self.s3 = s3
         self.copies = 0
+        self._thread_lock = _THREAD_LOCKS.setdefault(self.path, threading.Lock())  # flock is per process
 
     def connect(self, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
         """A connection, waiting while another process (the stack's loader, the demo) holds the file."""
@@ -76,26 +81,37 @@ class DuckDBWarehouse:
                 time.sleep(0.1)
 
     def execute(self, statements: Sequence[str]) -> None:
-        # A connection per transaction: temporary tables end with it, as with a Data API batch's session.
-        con = self.connect()
-        try:
-            con.begin()
-            for sql in statements:
-                if sql.upper().startswith("LOCK "):
-                    continue
-                if sql.upper().startswith("COPY "):
-                    self._copy(con, sql)
-                    continue
-                con.execute(to_duckdb(sql))
-            con.commit()
-        except LoadFailed:
-            con.rollback()
-            raise
-        except duckdb.Error as exc:
-            con.rollback()
-            raise LoadFailed(f"{type(exc).__name__}: {exc}", retryable=is_retryable(str(exc))) from exc
-        finally:
-            con.close()
+        with contextlib.ExitStack() as stack:
+            if any(sql.upper().startswith("LOCK ") for sql in statements):
+                stack.enter_context(self._table_lock())
+            # A connection per transaction: temporary tables end with it, as with a Data API batch's session.
+            con = self.connect()
+            stack.callback(con.close)
+            try:
+                con.begin()
+                for sql in statements:
+                    if sql.upper().startswith("LOCK "):
+                        continue
+                    if sql.upper().startswith("COPY "):
+                        self._copy(con, sql)
+                        continue
+                    con.execute(to_duckdb(sql))
+                con.commit()
+            except LoadFailed:
+                _rollback(con)
+                raise
+            except duckdb.Error as exc:
+                _rollback(con)
+                raise LoadFailed(f"{type(exc).__name__}: {exc}", retryable=is_retryable(str(exc))) from exc
+
+    @contextlib.contextmanager
+    def _table_lock(self) -> Iterator[None]:
+        with self._thread_lock, open(self.path + ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         con = self.connect()
@@ -129,6 +145,14 @@ class DuckDBWarehouse:
                 f"columns={columns})",
                 [files],
             )
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):  # a failed commit has already ended the transaction
+        con.rollback()
 
 
 def _check_lines(url: str, body: bytes) -> None:

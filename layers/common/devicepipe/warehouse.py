@@ -167,6 +167,7 @@ class RedshiftDataApi:
     database: str
     deadline: Deadline = field(default_factory=Deadline.unlimited)
     backoff: Backoff = field(default_factory=lambda: Backoff(base_s=0.1, cap_s=2.0))
+    max_wait_s: float = 900.0  # outside Lambda (the operator CLI) no statement is waited on for longer
     sleep: Callable[[float], None] = time.sleep
 
     def execute(self, statements: Sequence[str]) -> None:
@@ -195,6 +196,7 @@ class RedshiftDataApi:
 
     def _wait(self, statement_id: str) -> dict[str, Any]:
         retry = 0
+        give_up = time.monotonic() + self.max_wait_s
         while True:
             desc: dict[str, Any] = self.client.describe_statement(Id=statement_id)
             status = desc["Status"]
@@ -205,7 +207,8 @@ class RedshiftDataApi:
                 errors = self._load_errors(desc)
                 raise LoadFailed(message, retryable=is_retryable(message) and not errors, errors=errors)
             wait = self.backoff.delay(min(retry, 5), rng=lambda: 1.0)
-            if not self.deadline.allows(wait + 1.0):
+            if not self.deadline.allows(wait + 1.0) or time.monotonic() + wait > give_up:
+                # Cancelling rolls the whole transaction back: nothing is left half-done.
                 self.client.cancel_statement(Id=statement_id)
                 raise LoadFailed("cancelled by the loader before the function timeout", retryable=True)
             self.sleep(wait)

@@ -1,0 +1,168 @@
+"""The loader against moto S3 (objects written by the real stager) and the DuckDB warehouse."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from devicepipe.loader import Loader, Source
+from devicepipe.retry import Deadline, Retrier
+from devicepipe.staging import Stager
+from devicepipe.streams import changes
+from devicepipe.warehouse import LoadFailed, RedshiftDataApi
+from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
+
+pytestmark = pytest.mark.integration
+US = Source("staging", "us-east-1")
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="staging")
+        yield client
+
+
+def stage_batches(s3: Any, batches: int, per_batch: int = 40, first_seq: int = 0) -> int:
+    """Stage readings through the real stager; returns how many distinct readings were staged."""
+    stager = Stager(s3, "staging", "us-east-1", Retrier())
+    for b in range(batches):
+        records = [
+            dynamodb_record(
+                "INSERT",
+                table_item(reading(f"d{i % 9}", f"br{i % 4}", 1_793_610_000_000 + b * 1000 + i, i)),
+                sequence_number=first_seq + b * 1000 + i,
+            )
+            for i in range(per_batch)
+        ]
+        stager.stage(list(changes(records)))
+    return batches * per_batch
+
+
+def rows(warehouse: DuckDBWarehouse) -> list[tuple[Any, ...]]:
+    return warehouse.query("SELECT device_id, ts, seq FROM readings")
+
+
+def loader_for(s3: Any, tmp_path: Path, **kw: Any) -> Loader:
+    return Loader(s3, DuckDBWarehouse(tmp_path / "wh.duckdb", s3), [US], "staging", **kw)
+
+
+def test_one_copy_per_manifest_and_a_repeated_load_changes_nothing(s3: Any, tmp_path: Path) -> None:
+    # Given 7 staged objects, a duplicate of one batch among them, and manifests of at most 3 objects
+    expected = stage_batches(s3, 6)
+    stage_batches(s3, 1, first_seq=50_000)  # the same readings as batch 0, staged again by a retried batch
+    loader = loader_for(s3, tmp_path, max_objects=3)
+    # When a cycle runs
+    report = loader.run()
+    # Then one COPY per manifest loaded every reading once
+    assert (report.pending_objects, report.manifests, report.copies, report.loaded_objects) == (7, 3, 3, 7)
+    assert loader.warehouse.copies == 3  # type: ignore[attr-defined]
+    got = rows(loader.warehouse)  # type: ignore[arg-type]
+    assert len(got) == len(set(got)) == expected
+    # And a second cycle finds nothing, and a forced reload of a manifest changes nothing
+    assert loader.run().pending_objects == 0
+    loader.load(loader.plan(loader.staged())[0])
+    assert sorted(rows(loader.warehouse)) == sorted(got)  # type: ignore[arg-type]
+    assert loader.warehouse.query("SELECT COUNT(*) FROM load_ledger") == [(3,)]
+
+
+def test_concurrent_runs_load_each_reading_once(s3: Any, tmp_path: Path) -> None:
+    expected = stage_batches(s3, 8)
+    loaders = [loader_for(s3, tmp_path, max_objects=2) for _ in range(3)]
+    for loader in loaders:
+        loader.ensure_schema()
+    reports: list[Any] = []
+    threads = [threading.Thread(target=lambda ld=ld: reports.append(ld.run())) for ld in loaders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Whatever each run did (loaded, or deferred on a write conflict), nothing is doubled, and one more cycle
+    # finishes what was deferred.
+    loaders[0].run()
+    got = rows(loaders[0].warehouse)  # type: ignore[arg-type]
+    assert len(got) == len(set(got)) == expected
+    assert not any(r.failed for r in reports)
+
+
+def test_a_corrupt_object_is_quarantined_with_its_line_and_later_objects_still_load(s3: Any, tmp_path: Path) -> None:
+    expected = stage_batches(s3, 3)
+    good_line = (
+        b'{"device_id":"x","branch_id":"b","ts":"2026-11-02T09:00:00.000000Z","seq":1,"metrics":{},"extra":{}}\n'
+    )
+    bad = gzip.compress(good_line + b'{"device_id": "x", "ts": \n', mtime=0)
+    key = "readings/origin=us-east-1/dt=2026-11-02/hour=09/0000-corrupt.jsonl.gz"
+    s3.put_object(Bucket="staging", Key=key, Body=bad)
+    loader = loader_for(s3, tmp_path, max_objects=1)
+    report = loader.run()
+    (failed,) = report.failed
+    assert failed["objects"] == [f"s3://staging/{key}"]
+    (error,) = failed["errors"]
+    assert (error["file"], error["line"]) == (f"s3://staging/{key}", 2) and "invalid JSON" in error["reason"]
+    assert report.loaded_objects == 3 and len(rows(loader.warehouse)) == expected  # type: ignore[arg-type]
+    # The quarantined manifest stays out of later cycles
+    assert loader.run().pending_objects == 0
+    assert [d["manifest"] for d in loader.failed_manifests()] == [failed["manifest"]]
+
+
+class Paused:
+    """A warehouse that is paused for its first ``n`` loads, then answers."""
+
+    def __init__(self, inner: DuckDBWarehouse, n: int) -> None:
+        self.inner = inner
+        self.n = n
+
+    def execute(self, statements: Sequence[str]) -> None:
+        if any(s.startswith("COPY") for s in statements) and self.n > 0:
+            self.n -= 1
+            raise LoadFailed("Cluster is paused or resuming", retryable=True)
+        self.inner.execute(statements)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.inner.query(sql)
+
+
+def test_a_paused_warehouse_defers_the_cycle_and_nothing_is_lost(s3: Any, tmp_path: Path) -> None:
+    expected = stage_batches(s3, 4)
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", s3)
+    loader = Loader(s3, Paused(warehouse, 1), [US], "staging", max_objects=2)
+    first = loader.run()
+    assert first.deferred and "paused" in first.deferred and not first.failed and first.loaded_objects == 0
+    second = loader.run()
+    assert second.loaded_objects == 4 and len(rows(warehouse)) == expected
+
+
+def test_reload_takes_a_manifest_out_of_quarantine(s3: Any, tmp_path: Path) -> None:
+    key = "readings/origin=us-east-1/dt=2026-11-02/hour=09/0001-fixable.jsonl.gz"
+    s3.put_object(Bucket="staging", Key=key, Body=b"not gzip")
+    loader = loader_for(s3, tmp_path)
+    (failed,) = loader.run().failed
+    name = failed["manifest"].rsplit("/", 1)[1]
+    # The operator fixes the object, then reloads
+    line = b'{"device_id":"f","branch_id":"b","ts":"2026-11-02T09:00:00.000000Z","seq":1,"metrics":{},"extra":{}}\n'
+    s3.put_object(Bucket="staging", Key=key, Body=gzip.compress(line))
+    loader.reload(name)
+    assert rows(loader.warehouse) == [("f", rows(loader.warehouse)[0][1], 1)]  # type: ignore[arg-type]
+    assert loader.failed_manifests() == []
+
+
+def test_data_api_statement_that_outlives_the_deadline_is_cancelled_against_moto() -> None:
+    # moto's statements never leave STARTED: the poll must stop at the deadline and cancel, not hang
+    with mock_aws():
+        client = boto3.client("redshift-data")
+        remaining = iter([10_000, 10_000, 1_500, 0])
+        api = RedshiftDataApi(
+            client, "devicepipe-warehouse", "devicepipe", Deadline(lambda: next(remaining), 1_000), sleep=lambda _: None
+        )
+        with pytest.raises(LoadFailed) as info:
+            api.query("SELECT object_key FROM loaded_objects")
+        assert info.value.retryable and "cancelled" in str(info.value)
