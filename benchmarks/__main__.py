@@ -9,11 +9,11 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "devicepipe")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from benchmarks import bench_consumers, bench_ingest
+from benchmarks import bench_consumers, bench_ingest, bench_loader
 
 
 def main() -> None:
-    rows = bench_ingest.main() + bench_consumers.main()
+    rows = bench_ingest.main() + bench_consumers.main() + bench_loader.main()
     print("\nsummary (figure / target):")
     for name, value, target, ok in rows:
         verdict = "info" if not target else "met " if ok else "MISS"

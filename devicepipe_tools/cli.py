@@ -340,6 +340,13 @@ def _invoke(args: argparse.Namespace) -> int:
     if not Path(args.event).is_file():
         print(f"devicepipe: no event file {args.event}", file=sys.stderr)
         return EXIT_USAGE
+    if args.local and args.function == "LoaderFunction":
+        print(
+            "devicepipe: the local stack runs the loader itself, on DuckDB (its handler needs the Redshift Data "
+            "API): see `devicepipe loads list --local`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.local:
         state = stack.read_state(args.state_dir)
         region = args.region or next(iter(state["regions"]))

@@ -186,6 +186,18 @@ def sample_events() -> dict[str, dict[str, Any]]:
             ("INSERT", table_item(newer, origin_region=us, latest=True)),
             ("REMOVE", table_item(moved, origin_region=us)),
         ),
+        "loader/scheduled.json": {
+            "version": "0",
+            "id": "5f0e4e1a-0000-4000-8000-000000000000",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": "2026-11-02T09:15:00Z",
+            "region": us,
+            "resources": [f"arn:aws:events:{us}:{ACCOUNT}:rule/devicepipe-LoaderFunctionLoadSchedule"],
+            "detail": {},
+        },
+        "loader/backfill-one-day.json": {"prefix": "readings/origin=us-east-1/dt=2026-11-02/"},
         "ingest/valid-batch.json": kinesis_event([(r["device_id"], encode(r)) for r in valid]),
         "ingest/poison-pills.json": kinesis_event(poison, first_seq=100),
         "ingest/kpl-aggregated.json": kinesis_event(

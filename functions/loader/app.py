@@ -44,11 +44,11 @@ def _loader() -> tuple[Loader, Deadline]:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    loader, deadline = _loader()
-    deadline.remaining_ms = context.get_remaining_time_in_millis
     prefix = event.get("prefix") or f"{PREFIX}/"
     if not str(prefix).startswith(f"{PREFIX}/"):
         raise ValueError(f"backfill prefix must start with {PREFIX}/, got {prefix!r}")
+    loader, deadline = _loader()
+    deadline.remaining_ms = context.get_remaining_time_in_millis
     report = loader.run(prefix)
     metrics.add_metric("ObjectsLoaded", MetricUnit.Count, report.loaded_objects)
     metrics.add_metric("CopyStatements", MetricUnit.Count, report.copies)

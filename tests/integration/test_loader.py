@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from devicepipe.streams import changes
 from devicepipe.warehouse import LoadFailed, RedshiftDataApi
 from devicepipe_tools.events import dynamodb_record, reading, table_item
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
+from devicepipe_tools.template import ROOT
+from functions.loader import app as loader_app
 
 pytestmark = pytest.mark.integration
 US = Source("staging", "us-east-1")
@@ -41,6 +44,7 @@ def stage_batches(s3: Any, batches: int, per_batch: int = 40, first_seq: int = 0
                 "INSERT",
                 table_item(reading(f"d{i % 9}", f"br{i % 4}", 1_793_610_000_000 + b * 1000 + i, i)),
                 sequence_number=first_seq + b * 1000 + i,
+                created_s=1_793_610_000 + b,
             )
             for i in range(per_batch)
         ]
@@ -166,3 +170,23 @@ def test_data_api_statement_that_outlives_the_deadline_is_cancelled_against_moto
         with pytest.raises(LoadFailed) as info:
             api.query("SELECT object_key FROM loaded_objects")
         assert info.value.retryable and "cancelled" in str(info.value)
+
+
+@pytest.mark.parametrize("event", ["loader/scheduled.json", "loader/backfill-one-day.json"])
+def test_loader_handler_runs_its_sample_events(
+    s3: Any, tmp_path: Path, event: str, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given staged readings and the handler's loader built on the local warehouse (the Data API needs AWS)
+    expected = stage_batches(s3, 2)
+    loader = loader_for(s3, tmp_path)
+    monkeypatch.setattr(loader_app, "_loader", lambda: (loader, Deadline.unlimited()))
+    # When the sample event is handled
+    report = loader_app.lambda_handler(json.loads((ROOT / "events" / event).read_text()), lambda_context)
+    # Then the day's objects are loaded (both events cover them: every pending object, or that day's prefix)
+    assert report["loaded_objects"] == 2 and not report["failed"]
+    assert len(rows(loader.warehouse)) == expected  # type: ignore[arg-type]
+
+
+def test_a_backfill_prefix_outside_the_staging_area_is_refused(lambda_context: Any) -> None:
+    with pytest.raises(ValueError, match="must start with readings/"):
+        loader_app.lambda_handler({"prefix": "manifests/"}, lambda_context)

@@ -111,7 +111,12 @@ def test_iam_has_no_wildcard_actions_and_star_resources_only_where_unscopable(te
         actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
         assert all("*" not in a for a in actions), (role, stmt)
         if stmt["Resource"] == "*":
-            assert set(actions) <= UNSCOPABLE, (role, stmt)
+            # Data API statement actions take no resource: allowed only when scoped to the caller's statements.
+            owned = "redshift-data:statement-owner-iam-userid" in json.dumps(stmt.get("Condition", {}))
+            assert set(actions) <= UNSCOPABLE or (owned and all(a.startswith("redshift-data:") for a in actions)), (
+                role,
+                stmt,
+            )
 
 
 def test_each_function_has_its_own_role(template: dict[str, Any]) -> None:
@@ -208,3 +213,32 @@ def test_stager_filter_keeps_own_region_reading_writes_only(template: dict[str, 
     parsed = json.loads(pattern["Pattern"]["Fn::Sub"].replace("${AWS::Region}", "eu-west-1"))
     assert parsed["dynamodb"]["NewImage"]["origin_region"] == {"S": ["eu-west-1"]}
     assert parsed["eventName"] == ["INSERT", "MODIFY"]
+
+
+def test_one_warehouse_in_the_primary_region_private_encrypted_audited(template: dict[str, Any]) -> None:
+    ns, wg = resource(template, "RedshiftNamespace"), resource(template, "RedshiftWorkgroup")
+    assert ns["Condition"] == wg["Condition"] == "IsPrimaryRegion"
+    assert ns["Properties"]["KmsKeyId"] == {"Ref": "DataKey"}
+    assert set(ns["Properties"]["LogExports"]) == {"useractivitylog", "userlog", "connectionlog"}
+    assert ns["Properties"]["ManageAdminPassword"] is True
+    props = wg["Properties"]
+    assert props["PubliclyAccessible"] is False and props["EnhancedVpcRouting"] is True
+    assert {"ParameterKey": "require_ssl", "ParameterValue": "true"} in props["ConfigParameters"]
+    assert len(props["SubnetIds"]) == 3
+    assert "SecurityGroupIngress" not in resource(template, "RedshiftSecurityGroup")["Properties"]
+
+
+def test_copy_role_reads_only_staged_readings_and_manifests(template: dict[str, Any]) -> None:
+    (policy,) = resource(template, "RedshiftCopyRole")["Properties"]["Policies"]
+    stmts = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert stmts["ReadStagedReadingsAndManifests"]["Action"] == "s3:GetObject"
+    resources = json.dumps(stmts["ReadStagedReadingsAndManifests"]["Resource"])
+    assert "/readings/*" in resources and "/manifests/*" in resources and '"*"' not in resources
+
+
+def test_loader_runs_on_a_schedule_alone(template: dict[str, Any]) -> None:
+    fn = resource(template, "LoaderFunction")
+    assert fn["Condition"] == "IsPrimaryRegion"
+    assert fn["Properties"]["ReservedConcurrentExecutions"] == 1
+    schedule = fn["Properties"]["Events"]["LoadSchedule"]
+    assert schedule["Type"] == "Schedule" and "rate(" in schedule["Properties"]["Schedule"]["Fn::Sub"]
