@@ -18,7 +18,7 @@ from devicepipe.loader import Loader, Source
 from devicepipe.retry import Retrier
 from devicepipe.staging import Stager
 from devicepipe.streams import changes
-from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.events import insert_batch
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
 
 OBJECTS = 60
@@ -32,15 +32,7 @@ def main() -> list[tuple[str, float, float, bool]]:
         s3.create_bucket(Bucket="staging")
         stager = Stager(s3, "staging", "us-east-1", Retrier())
         for b in range(OBJECTS):
-            records = [
-                dynamodb_record(
-                    "INSERT",
-                    table_item(reading(f"d{i % 300}", f"br{i % 17}", 1_793_610_000_000 + b * 10_000 + i, i)),
-                    sequence_number=b * 10_000 + i,
-                )
-                for i in range(ROWS_PER_OBJECT)
-            ]
-            stager.stage(list(changes(records)))
+            stager.stage(list(changes(insert_batch(b, ROWS_PER_OBJECT, devices=300, branches=17))))
         warehouse = DuckDBWarehouse(Path(tmp) / "bench.duckdb", s3)
         loader = Loader(
             s3, warehouse, [Source("staging", "us-east-1")], "staging", max_objects=MAX_OBJECTS_PER_MANIFEST

@@ -111,6 +111,24 @@ def dynamodb_record(
     }
 
 
+def insert_batch(
+    batch: int, size: int, *, devices: int = 9, branches: int = 4, first_seq: int = 0, origin_region: str = "us-east-1"
+) -> list[dict[str, Any]]:
+    """Stream batch number ``batch``: ``size`` reading inserts, distinct across batches (for staging tests)."""
+    return [
+        dynamodb_record(
+            "INSERT",
+            table_item(
+                reading(f"d{i % devices}", f"br{i % branches}", 1_793_610_000_000 + batch * 100_000 + i, i),
+                origin_region,
+            ),
+            sequence_number=first_seq + batch * 100_000 + i,
+            created_s=1_793_610_000 + batch,
+        )
+        for i in range(size)
+    ]
+
+
 def _marshal(plain: dict[str, Any]) -> dict[str, Any]:
     """TypeSerializer needs Decimal for numbers; a JSON round trip gives exactly that."""
     exact = json.loads(json.dumps(plain), parse_float=Decimal)

@@ -18,7 +18,7 @@ from devicepipe.retry import Deadline, Retrier
 from devicepipe.staging import Stager
 from devicepipe.streams import changes
 from devicepipe.warehouse import LoadFailed, RedshiftDataApi
-from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.events import insert_batch
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
 from devicepipe_tools.template import ROOT
 from functions.loader import app as loader_app
@@ -39,16 +39,7 @@ def stage_batches(s3: Any, batches: int, per_batch: int = 40, first_seq: int = 0
     """Stage readings through the real stager; returns how many distinct readings were staged."""
     stager = Stager(s3, "staging", "us-east-1", Retrier())
     for b in range(batches):
-        records = [
-            dynamodb_record(
-                "INSERT",
-                table_item(reading(f"d{i % 9}", f"br{i % 4}", 1_793_610_000_000 + b * 1000 + i, i)),
-                sequence_number=first_seq + b * 1000 + i,
-                created_s=1_793_610_000 + b,
-            )
-            for i in range(per_batch)
-        ]
-        stager.stage(list(changes(records)))
+        stager.stage(list(changes(insert_batch(b, per_batch, first_seq=first_seq))))
     return batches * per_batch
 
 
