@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versi
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck template bench demo build clean
+.PHONY: help venv test lint typecheck template security bench demo build clean
 
 help:
 	@echo "make demo   - run the whole pipeline end to end on the local stack and check it"
@@ -35,7 +35,18 @@ template: venv
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint
 
-test: lint typecheck template
+# checkov has its own venv: its pinned dependencies clash with SAM CLI's and moto's.
+CHECKOV := .venv-checkov/bin/checkov
+$(CHECKOV):
+	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found"; exit 1; }
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check 'checkov==3.3.30'
+
+# Every failed check fails the build; suppressions live next to their resource with a written reason.
+security: $(CHECKOV)
+	$(CHECKOV) -f template.yaml --framework cloudformation --quiet --compact
+
+test: lint typecheck template security
 	$(BIN)/pytest
 
 demo: venv
@@ -49,4 +60,4 @@ build: venv
 
 clean:
 	-$(BIN)/devicepipe local down
-	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache .local
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache .local .venv-checkov
