@@ -55,5 +55,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("LoadFailures", MetricUnit.Count, len(report.failed))
     metrics.add_metric("LoadDeferred", MetricUnit.Count, int(bool(report.deferred)))
     metrics.add_metric("ObjectsPending", MetricUnit.Count, report.pending_objects - report.loaded_objects)
+    # Load lag: how long the oldest staged reading has waited for the warehouse (alarmed on in the template).
+    metrics.add_metric("OldestPendingAgeSeconds", MetricUnit.Seconds, report.oldest_pending_age_s)
     logger.info("load cycle done", extra=asdict(report))
     return asdict(report)

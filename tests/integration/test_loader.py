@@ -181,3 +181,12 @@ def test_loader_handler_runs_its_sample_events(
 def test_a_backfill_prefix_outside_the_staging_area_is_refused(lambda_context: Any) -> None:
     with pytest.raises(ValueError, match="must start with readings/"):
         loader_app.lambda_handler({"prefix": "manifests/"}, lambda_context)
+
+
+def test_load_lag_is_the_age_of_the_oldest_object_left_pending(s3: Any, tmp_path: Path) -> None:
+    stage_batches(s3, 3)
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", s3)
+    deferred = Loader(s3, Paused(warehouse, 5), [US], "staging", max_objects=1).run()
+    assert deferred.oldest_pending_age_s >= 0.0 and deferred.pending_objects == 3
+    assert deferred.oldest_pending_age_s < 120  # just staged
+    assert Loader(s3, warehouse, [US], "staging").run().oldest_pending_age_s == 0.0

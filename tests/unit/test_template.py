@@ -266,3 +266,57 @@ def test_every_checkov_suppression_says_why(template: dict[str, Any]) -> None:
     assert skips
     for name, skip in skips:
         assert skip["id"].startswith("CKV") and len(skip.get("comment", "")) > 40, (name, skip)
+
+
+def alarms_on(template: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    return [
+        a["Properties"]
+        for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["MetricName"] == metric
+    ]
+
+
+def alarmed_names(template: dict[str, Any], metric: str) -> set[str]:
+    out = set()
+    for props in alarms_on(template, metric):
+        for d in props["Dimensions"]:
+            v = d["Value"]
+            out.add(v.get("Ref") or v.get("Fn::GetAtt", [""])[0] if isinstance(v, dict) else v)
+    return out
+
+
+def test_every_function_is_alarmed_on_errors_throttles_and_p99_duration(template: dict[str, Any]) -> None:
+    functions = set(resources_of(template, "AWS::Serverless::Function"))
+    for metric in ("Errors", "Throttles", "Duration"):
+        assert functions <= alarmed_names(template, metric), metric
+    assert all(a["ExtendedStatistic"] == "p99" for a in alarms_on(template, "Duration"))
+
+
+def test_stream_lag_given_up_batches_replication_and_load_lag_are_alarmed(template: dict[str, Any]) -> None:
+    mapped = {
+        r["Properties"]["FunctionName"]["Ref"]
+        for r in resources_of(template, "AWS::Lambda::EventSourceMapping").values()
+    }
+    assert mapped <= alarmed_names(template, "IteratorAge")
+    destinations = {
+        r["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0]
+        for r in resources_of(template, "AWS::Lambda::EventSourceMapping").values()
+    }
+    assert destinations | {"LoaderDeadLetterQueue"} <= alarmed_names(template, "ApproximateNumberOfMessagesVisible")
+    for metric in (
+        "ReplicationLatency",
+        "WriteThrottleEvents",
+        "Quarantined",
+        "OldestPendingAgeSeconds",
+        "LoadFailures",
+    ):
+        assert alarms_on(template, metric), metric
+    for props in resources_of(template, "AWS::CloudWatch::Alarm").values():
+        assert props["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    assert resource(template, "AlarmTopic")["Properties"]["KmsMasterKeyId"] == {"Ref": "DataKey"}
+
+
+def test_dashboard_shows_the_flow_stage_by_stage(template: dict[str, Any]) -> None:
+    body = json.loads(resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"])
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    assert titles == sorted(titles) and len(titles) >= 8

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ class StagedObject:
     source: Source
     key: str
     size: int
+    modified_s: float = 0.0  # when it was staged (S3 LastModified), for the load-lag metric
 
     @property
     def url(self) -> str:
@@ -71,6 +73,7 @@ class LoadReport:
     copies: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)  # quarantined manifests with their errors
     deferred: str = ""  # why the cycle stopped early (retryable failure)
+    oldest_pending_age_s: float = 0.0  # age of the oldest staged object still not loaded after the cycle
 
 
 @dataclass
@@ -119,7 +122,7 @@ class Loader:
             pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=source.bucket, Prefix=prefix)
             for page in pages:
                 found += [
-                    StagedObject(source, obj["Key"], int(obj["Size"]))
+                    StagedObject(source, obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
                     for obj in page.get("Contents", [])
                     if obj["Key"].endswith(".jsonl.gz")
                 ]
@@ -195,6 +198,9 @@ class Loader:
                 continue
             report.loaded_manifests.append(manifest.key)
             report.loaded_objects += len(manifest.objects)
+        loaded = {o.url for m in manifests if m.key in report.loaded_manifests for o in m.objects}
+        left = [o.modified_s for o in objects if o.url not in loaded and o.modified_s]
+        report.oldest_pending_age_s = round(time.time() - min(left), 1) if left else 0.0
         return report
 
     def quarantine(self, manifest: Manifest, exc: LoadFailed) -> dict[str, Any]:
