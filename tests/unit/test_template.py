@@ -268,7 +268,7 @@ def test_every_checkov_suppression_says_why(template: dict[str, Any]) -> None:
         assert skip["id"].startswith("CKV") and len(skip.get("comment", "")) > 40, (name, skip)
 
 
-def alarms_on(template: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+def alarms_on(template: dict[str, Any], metric: object) -> list[dict[str, Any]]:
     return [
         a["Properties"]
         for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
@@ -320,3 +320,26 @@ def test_dashboard_shows_the_flow_stage_by_stage(template: dict[str, Any]) -> No
     body = json.loads(resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"])
     titles = [w["properties"]["title"] for w in body["widgets"]]
     assert titles == sorted(titles) and len(titles) >= 8
+
+
+def test_aurora_global_database_multi_az_encrypted_two_day_backups(template: dict[str, Any]) -> None:
+    global_cluster = resource(template, "AuroraGlobalCluster")
+    assert global_cluster["Condition"] == "IsPrimaryRegion"
+    assert global_cluster["Properties"]["Engine"] == "aurora-postgresql"
+    assert global_cluster["Properties"]["StorageEncrypted"] is True
+    cluster = resource(template, "AuroraCluster")["Properties"]
+    assert cluster["GlobalClusterIdentifier"] == {
+        "Fn::If": ["IsPrimaryRegion", {"Ref": "AuroraGlobalCluster"}, {"Ref": "GlobalClusterName"}]
+    }
+    assert cluster["BackupRetentionPeriod"] == 2
+    assert cluster["StorageEncrypted"] is True and cluster["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+    assert cluster["DeletionProtection"] is True and cluster["EnableIAMDatabaseAuthentication"] is True
+    assert cluster["ManageMasterUserPassword"]["Fn::If"][1] is True  # the password lives in Secrets Manager
+    assert "MasterUserPassword" not in cluster
+    instances = [i["Properties"] for i in resources_of(template, "AWS::RDS::DBInstance").values()]
+    assert len(instances) >= 2 and all(i["DBClusterIdentifier"] == {"Ref": "AuroraCluster"} for i in instances)
+    assert len({json.dumps(i["AvailabilityZone"]) for i in instances}) == len(instances)  # different AZs
+    assert not any(i["PubliclyAccessible"] for i in instances)
+    ingress = resource(template, "AuroraSecurityGroup")["Properties"]["SecurityGroupIngress"]
+    assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
+    assert alarms_on(template, {"Fn::If": ["IsPrimaryRegion", "AuroraReplicaLag", "AuroraGlobalDBReplicationLag"]})
