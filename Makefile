@@ -7,13 +7,14 @@ PYTHON ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versi
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck template security bench demo build clean
+.PHONY: help venv test lint typecheck template security bench demo build package clean
 
 help:
 	@echo "make demo   - run the whole pipeline end to end on the local stack and check it"
 	@echo "make test   - lint, type-check, template checks and the whole test suite (what CI runs)"
 	@echo "make bench  - benchmarks, each printed as a ratio against its baseline"
 	@echo "make build  - sam build (needs Python 3.13)"
+	@echo "make package - sam build, then reproducible zips and a template per region in dist/"
 
 $(BIN)/.installed: pyproject.toml layers/common/requirements.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.13 not found (install it, or run make PYTHON=/path/to/python3.13)"; exit 1; }
@@ -46,7 +47,7 @@ $(CHECKOV):
 security: $(CHECKOV)
 	$(CHECKOV) -f template.yaml --framework cloudformation --quiet --compact
 
-test: lint typecheck template security
+test: lint typecheck template security package
 	$(BIN)/pytest
 
 demo: venv
@@ -58,6 +59,10 @@ bench: venv
 build: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/sam build
 
+# Deployment artifacts for every region of samconfig.toml, without AWS (see devicepipe_tools/package.py).
+package: build
+	$(BIN)/python -m devicepipe_tools.package
+
 clean:
 	-$(BIN)/devicepipe local down
-	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache .local .venv-checkov
+	rm -rf .aws-sam dist .pytest_cache .mypy_cache .ruff_cache .local .venv-checkov
