@@ -18,7 +18,7 @@ from pathlib import Path
 from devicepipe.loader import Loader, Source
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
 from devicepipe_tools.local.resources import clients
-from devicepipe_tools.local.stack import _write
+from devicepipe_tools.local.stack import write_json
 
 
 def build_loader(state: dict[str, object], state_dir: Path, max_objects: int = 500) -> Loader:
@@ -50,7 +50,7 @@ def main() -> None:
         totals["copies"] += report.copies
         totals["failed_manifests"] += len(report.failed)
         totals["deferred"] += int(bool(report.deferred))
-        _write(out, {"updated_at": time.time(), **totals, "last": asdict(report)})
+        write_json(out, {"updated_at": time.time(), **totals, "last": asdict(report)})
         if stop.wait(args.interval):
             break
 

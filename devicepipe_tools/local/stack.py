@@ -182,7 +182,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
         "started_at": time.time(),
         "ready": False,
     }
-    _write(state_path(state_dir), state)
+    write_json(state_path(state_dir), state)
     for stale in [*state_dir.glob("esm-*.json"), state_dir / "loader.json", state_dir / "warehouse.duckdb"]:
         stale.unlink(missing_ok=True)
     workers = []
@@ -231,7 +231,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
         time.sleep(0.1)
     state["workers"] = [w.pid for w in workers]
     state["ready"] = not stopping
-    _write(state_path(state_dir), state)
+    write_json(state_path(state_dir), state)
     print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {len(workers)} workers", flush=True)
     while not stopping:
         if any(w.poll() is not None for w in workers):
@@ -261,7 +261,7 @@ def _functions_with_mappings(template: dict[str, Any]) -> list[str]:
     return found
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomic write, so readers never see half a file."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

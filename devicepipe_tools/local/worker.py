@@ -20,7 +20,7 @@ import boto3
 from devicepipe_tools.local.esm import DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
 from devicepipe_tools.local.functions import context_for, function_spec, load_handler
 from devicepipe_tools.local.resources import Resolver
-from devicepipe_tools.local.stack import _write, region_resources
+from devicepipe_tools.local.stack import region_resources, write_json
 from devicepipe_tools.template import load_template
 
 
@@ -80,7 +80,7 @@ def main() -> None:
         m.start()
     out = args.state_dir / f"esm-{args.region}-{args.function}.json"
     while True:
-        _write(
+        write_json(
             out,
             {
                 "region": args.region,
