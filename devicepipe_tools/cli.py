@@ -67,8 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="readings per second (default: as fast as possible)")
     p.add_argument("--count", type=_positive, help="readings to simulate")
     p.add_argument("--duration", type=float, help="seconds to simulate")
-    p.add_argument("--stream", help="stream name (required without --local)")
+    p.add_argument("--stream", help="stream name, comma-separated with --regions (required without --local)")
     p.add_argument("--region", help="AWS region (default: the credential chain's, or the stack's first)")
+    p.add_argument(
+        "--regions",
+        help="regions in order of preference (e.g. us-east-1,eu-west-1): a region that "
+        "keeps failing is skipped for 30 s and its readings go to the next; give one --stream each",
+    )
     p.add_argument("--local", action="store_true", help="send to the running local stack")
     p.add_argument("--kpl", action="store_true", help="KPL-aggregate records per shard")
     p.add_argument("--strict", action="store_true", help="stop at the first invalid input line (exit 3)")
@@ -138,20 +143,36 @@ def _positive(text: str) -> int:
 
 # ----------------------------------------------------------------------------------------------- produce
 def _produce(args: argparse.Namespace) -> int:
+    regions = _regions(args.regions) if args.regions else (args.region,)
     if args.local:
         state = stack.read_state(args.state_dir)
-        region = args.region or next(iter(state["regions"]))
-        stream = args.stream or stack.region_resources(state, region).names["ReadingsStream"]
-        client = local_clients(state["endpoint"], region, "kinesis")["kinesis"]
+        regions = regions if regions != (None,) else (next(iter(state["regions"])),)
+        targets = [
+            (
+                local_clients(state["endpoint"], str(r), "kinesis")["kinesis"],
+                stack.region_resources(state, str(r)).names["ReadingsStream"],
+            )
+            for r in regions
+        ]
+        if args.stream:
+            targets[0] = (targets[0][0], args.stream)
     else:
-        if not args.stream:
-            print("devicepipe: --stream is required (or --local for the local stack)", file=sys.stderr)
+        streams = args.stream.split(",") if args.stream else []
+        if not streams or len(streams) != len(regions):
+            print(
+                "devicepipe: --stream is required, one per region of --regions (or --local for the local stack)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
-        stream = args.stream
+        config = Config(retries={"mode": "standard"})
         try:
-            client = boto3.client("kinesis", region_name=args.region, config=Config(retries={"mode": "standard"}))
+            targets = [
+                (boto3.client("kinesis", region_name=r, config=config), st)
+                for r, st in zip(regions, streams, strict=True)
+            ]
         except BotoCoreError as exc:
             raise ProducerError(str(exc)) from None
+    client, stream = targets[0]
     invalid: list[tuple[int, str]] = []
 
     def on_invalid(line: int, reason: str) -> None:
@@ -185,6 +206,7 @@ def _produce(args: argparse.Namespace) -> int:
     print(
         f"sent {progress.sent}, failed {progress.failed}, invalid input lines {len(invalid)}, "
         f"retried {progress.retried}, {progress.calls} PutRecords calls, {progress.rate:.0f} records/s"
+        + (f", {progress.failed_over} failed over to another region" if progress.failed_over else "")
         + (f"; failed records written to {failures.path}" if failures.count else "")
         + ("; stopped at the first invalid line (--strict)" if stopped_early else "")
     )

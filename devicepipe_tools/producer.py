@@ -18,7 +18,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -67,6 +67,7 @@ class Progress:
     sent: int = 0
     failed: int = 0
     retried: int = 0
+    failed_over: int = 0
     calls: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,6 +99,11 @@ class Producer:
         How long one batch may keep retrying before its remaining entries are given up.
     aggregate
         Pack user records into KPL-aggregated records.
+    fallbacks
+        Other regions' ``(client, stream)``, in order of preference. A batch that a region keeps failing for
+        ``failover_after_s`` moves on to the next healthy region, and the failing region is skipped for
+        ``cooldown_s``. A reading sent twice (accepted by a region whose answer was lost) is harmless: its
+        table key is deterministic, and the warehouse merges on it.
     """
 
     def __init__(
@@ -111,9 +117,16 @@ class Producer:
         aggregate: bool = False,
         linger_s: float = 0.1,
         sleep: Callable[[float], None] = time.sleep,
+        fallbacks: Sequence[tuple[Any, str]] = (),
+        failover_after_s: float = 10.0,
+        cooldown_s: float = 30.0,
     ) -> None:
         self.client = client
         self.stream = stream
+        self.targets: list[tuple[Any, str]] = [(client, stream), *fallbacks]
+        self.failover_after_s = failover_after_s
+        self.cooldown_s = cooldown_s
+        self._down_until = [0.0] * len(self.targets)
         self.on_failure = on_failure
         self.max_in_flight = max_in_flight
         self.deadline_s = deadline_s
@@ -252,20 +265,36 @@ class Producer:
             self._slots.release()
 
     def _put_with_retries(self, batch: list[Entry]) -> None:
-        deadline = time.monotonic() + self.deadline_s
+        """Put a batch in the first healthy region; what it keeps failing moves on to the next one."""
+        pending, errors = batch, []
+        order = sorted(range(len(self.targets)), key=lambda i: (self._down_until[i] > time.monotonic(), i))
+        for position, i in enumerate(order):
+            last = position == len(order) - 1
+            budget = self.deadline_s if len(order) == 1 else min(self.deadline_s, self.failover_after_s)
+            pending, error = self._put_to(*self.targets[i], pending, budget)
+            if not pending:
+                return
+            errors.append(error if len(order) == 1 else f"{self.targets[i][1]}: {error}")
+            self._down_until[i] = time.monotonic() + self.cooldown_s
+            if not last:
+                self.progress.add(failed_over=sum(e.count for e in pending))
+        self._fail(pending, "; ".join(errors))
+
+    def _put_to(self, client: Any, stream: str, batch: list[Entry], budget_s: float) -> tuple[list[Entry], str]:
+        """Put with retries of only the failed entries until ``budget_s``; returns what is left and why."""
+        deadline = time.monotonic() + budget_s
         pending, retry, last_error = batch, 0, ""
         while pending:
             try:
                 self.progress.add(calls=1)
-                response = self.client.put_records(
-                    StreamName=self.stream,
+                response = client.put_records(
+                    StreamName=stream,
                     Records=[{"Data": e.data, "PartitionKey": e.partition_key} for e in pending],
                 )
             except Exception as exc:
+                last_error = f"{error_code(exc) or type(exc).__name__}: {exc}"
                 if not is_transient(exc):
-                    self._fail(pending, f"{error_code(exc) or type(exc).__name__}: {exc}")
-                    return
-                last_error = error_code(exc) or type(exc).__name__
+                    return pending, last_error
             else:
                 failed = [
                     (e, f"{r['ErrorCode']}: {r.get('ErrorMessage', '')}")
@@ -274,15 +303,15 @@ class Producer:
                 ]
                 self.progress.add(sent=sum(e.count for e in pending) - sum(e.count for e, _ in failed))
                 if not failed:
-                    return
+                    return [], ""
                 pending, last_error = [e for e, _ in failed], failed[0][1]
             wait = self.backoff.delay(retry, random.random)
             if time.monotonic() + wait > deadline:
-                self._fail(pending, f"gave up after {retry + 1} attempts in {self.deadline_s:.0f}s: {last_error}")
-                return
+                return pending, f"gave up after {retry + 1} attempts in {budget_s:.0f}s: {last_error}"
             self.progress.add(retried=sum(e.count for e in pending))
             self.sleep(wait)
             retry += 1
+        return [], ""
 
     def _fail(self, entries: list[Entry], reason: str) -> None:
         for entry in entries:

@@ -160,3 +160,49 @@ def test_progress_line_shows_counts_rate_and_errors() -> None:
     line = ProgressLine(progress, total=104).render()
     assert line.startswith("[" + "#" * 15 + "." * 15 + "] 52/104")  # 52/104 of 30 cells
     assert "errors 2" in line and "retried 7" in line and "/s" in line
+
+
+class Unreachable(MemoryKinesis):
+    """A region whose endpoint does not answer."""
+
+    def put_records(self, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import EndpointConnectionError
+
+        self.calls.append(kwargs["Records"])
+        raise EndpointConnectionError(endpoint_url="https://kinesis.us-east-1.amazonaws.com")
+
+
+def test_failover_sends_to_the_next_region_and_skips_the_failed_one_for_a_while() -> None:
+    # Given the first region unreachable and a healthy second one
+    down, healthy = Unreachable(), MemoryKinesis()
+    producer = Producer(
+        down,
+        "us-stream",
+        lambda *_: None,
+        max_in_flight=1,
+        failover_after_s=0.05,
+        backoff=Backoff(base_s=0.01, cap_s=0.01),
+        fallbacks=[(healthy, "eu-stream")],
+    )
+    # When readings are produced
+    progress = producer.send(entries(1_200))
+    # Then every reading went to the second region exactly once, and only the first batch tried the first
+    assert (progress.sent, progress.failed) == (1_200, 0)
+    assert sorted(r["Data"] for r in healthy.records) == sorted(e.data for e in entries(1_200))
+    assert progress.failed_over == 500  # the first batch; later ones skipped the region while it cooled down
+    assert len(down.calls) >= 1 and all(len(c) == 500 for c in down.calls)
+
+
+def test_when_every_region_fails_the_reasons_of_each_are_kept() -> None:
+    failed: list[str] = []
+    producer = Producer(
+        Unreachable(),
+        "us-stream",
+        lambda e, why: failed.append(why),
+        failover_after_s=0.02,
+        backoff=Backoff(base_s=0.01, cap_s=0.01),
+        fallbacks=[(Unreachable(), "eu-stream")],
+    )
+    progress = producer.send(entries(3))
+    assert progress.failed == 3
+    assert failed[0].startswith("us-stream: ") and "; eu-stream: " in failed[0]
