@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, FailureFile, Producer
 from devicepipe_tools.template import ROOT, load_template
+from tests.integration.stack_helpers import stored_readings, wait_for
 
 pytestmark = pytest.mark.integration
 REGION = "us-east-1"
@@ -50,25 +50,8 @@ def stream_records(local: dict[str, Any]) -> list[bytes]:
     return out
 
 
-def stored_devices(local: dict[str, Any], prefix: str) -> list[str]:
-    items = (
-        local["dynamodb"]
-        .get_paginator("scan")
-        .paginate(TableName=local["res"].names["ReadingsTable"])
-        .build_full_result()["Items"]
-    )
-    return [
-        i["device_id"]["S"] for i in items if i["sk"]["S"].startswith("R#") and i["device_id"]["S"].startswith(prefix)
-    ]
-
-
-def wait_for(predicate: Any, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError("condition not reached in time")
+def stored_devices(local: dict[str, Any], prefix: str) -> set[str]:
+    return stored_readings(local["dynamodb"], local["res"].names["ReadingsTable"], prefix)
 
 
 def test_simulated_readings_flow_from_the_cli_to_the_table(local: dict[str, Any], tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from devicepipe_tools.fakes import FaultyKinesis
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, Producer
+from tests.integration.stack_helpers import stored_readings, wait_for
 
 pytestmark = pytest.mark.integration
 US, EU = "us-east-1", "eu-west-1"
@@ -39,20 +39,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def devices_stored(both: dict[str, Any], region: str, prefix: str) -> set[str]:
-    table = both[region]["res"].names["ReadingsTable"]
-    items = both[region]["dynamodb"].get_paginator("scan").paginate(TableName=table).build_full_result()["Items"]
-    return {
-        i["device_id"]["S"] + i["sk"]["S"]
-        for i in items
-        if i["device_id"]["S"].startswith(prefix) and i["sk"]["S"].startswith("R#")
-    }
-
-
-def wait_until(predicate: Any, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.25)
+    return stored_readings(both[region]["dynamodb"], both[region]["res"].names["ReadingsTable"], prefix)
 
 
 def test_readings_fail_over_to_the_healthy_region_none_lost_none_doubled(both: dict[str, Any]) -> None:
@@ -70,7 +57,7 @@ def test_readings_fail_over_to_the_healthy_region_none_lost_none_doubled(both: d
     progress = producer.send(Entry(encode(d), d["device_id"], [str(i)]) for i, d in enumerate(docs))
     # Then every reading went to eu-west-1, which stored each once; us-east-1 stored none
     assert (progress.sent, progress.failed) == (900, 0) and progress.failed_over > 0
-    wait_until(lambda: len(devices_stored(both, EU, "fo-")) >= 900)
+    wait_for(lambda: len(devices_stored(both, EU, "fo-")) >= 900)
     assert len(devices_stored(both, EU, "fo-")) == 900
     assert devices_stored(both, US, "fo-") == set()
 
@@ -94,5 +81,5 @@ def test_the_cli_prefers_the_first_region_when_it_is_healthy(both: dict[str, Any
         ]
     )
     assert code == cli.EXIT_OK
-    wait_until(lambda: len(devices_stored(both, US, "dev-")) >= 200)
+    wait_for(lambda: len(devices_stored(both, US, "dev-")) >= 200)
     assert devices_stored(both, EU, "dev-") == set()
