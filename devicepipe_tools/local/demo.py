@@ -169,12 +169,8 @@ def _wait_drained(state_dir: Path, records: int, timeout_s: float) -> dict[str, 
 def _verify(
     result: DemoResult, clients: dict[str, Any], res: RegionResources, docs: list[dict[str, Any]], produce_failed: int
 ) -> None:
-    expected = {}
-    newest: dict[str, str] = {}
-    for doc in docs:
-        r = parse_reading(doc)
-        expected[(r.device_id, r.version)] = doc
-        newest[r.device_id] = max(newest.get(r.device_id, ""), r.version)
+    expected = {(r.device_id, r.version) for r in map(parse_reading, docs)}
+    newest = _newest(docs)
     table = res.names["ReadingsTable"]
     items = clients["dynamodb"].get_paginator("scan").paginate(TableName=table).build_full_result()["Items"]
     stored = [(i["device_id"]["S"], i["sk"]["S"][2:]) for i in items if i["sk"]["S"].startswith("R#")]
