@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
 from devicepipe_tools.local import stack
+from devicepipe_tools.local.outage import down_regions, set_down
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import (
     FailureFile,
@@ -81,27 +82,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--failed-file", default="produce-failed.jsonl", help="where unsendable records go")
     p.add_argument("--max-in-flight", type=_positive, default=8, help="concurrent PutRecords calls (default 8)")
     p.add_argument("--deadline", type=float, default=60.0, help="seconds a batch may retry (default 60)")
+    p.add_argument(
+        "--failover-after",
+        type=float,
+        default=10.0,
+        help="with --regions: seconds a region may fail a batch before it goes to the next one (default 10)",
+    )
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_produce)
 
-    p = sub.add_parser("local", help="the local stack: up | down | status | demo")
+    p = sub.add_parser("local", help="the local stack: up | down | status | demo | outage | recover")
     lsub = p.add_subparsers(required=True, metavar="ACTION")
     for name, run, text in (
         ("up", _local_up, "start the local stack in the background"),
         ("down", _local_down, "stop it"),
-        ("status", _local_status, "show its resources and event source mappings"),
+        ("status", _local_status, "show its resources, event source mappings and replication"),
         ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it"),
+        ("outage", _local_outage, "take one region of the running stack down (503s, functions stop)"),
+        ("recover", _local_outage, "bring a region that is down back up"),
     ):
         a = lsub.add_parser(name, help=text)
         a.add_argument(
             "--state-dir", type=Path, default=stack.STATE_DIR if name != "demo" else None, help=argparse.SUPPRESS
         )
-        a.set_defaults(run=run)
+        a.set_defaults(run=run, action_name=name)
+        if name in ("outage", "recover"):
+            a.add_argument("region")
         if name in ("up", "demo"):
             a.add_argument(
                 "--regions",
                 default="us-east-1",
                 help="comma-separated, or 'all' for samconfig.toml's (default us-east-1)",
+            )
+            a.add_argument(
+                "--replication-delay-ms",
+                type=_non_negative,
+                default=round(stack.DEFAULT_REPLICATION_DELAY_S * 1000),
+                help="global-table replication delay between regions (default 1000)",
             )
         if name == "demo":
             a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")
@@ -138,6 +155,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be zero or a positive integer")
     return value
 
 
@@ -193,9 +217,17 @@ def _produce(args: argparse.Namespace) -> int:
         entries = read_readings(lines, on_invalid, strict=args.strict, validate=not args.no_validate)
     failures = FailureFile(args.failed_file)
     producer = Producer(
-        client, stream, failures, max_in_flight=args.max_in_flight, deadline_s=args.deadline, aggregate=args.kpl
+        client,
+        stream,
+        failures,
+        max_in_flight=args.max_in_flight,
+        deadline_s=args.deadline,
+        aggregate=args.kpl,
+        fallbacks=targets[1:],
+        failover_after_s=args.failover_after,
     )
-    producer.check_stream()
+    for problem in producer.check_stream():
+        print(f"devicepipe: {problem}; using the other regions", file=sys.stderr)
     stopped_early = False
     with ProgressLine(producer.progress, total):
         try:
@@ -236,7 +268,7 @@ def _regions(text: str) -> tuple[str, ...]:
 
 
 def _local_up(args: argparse.Namespace) -> int:
-    state = stack.up(_regions(args.regions), args.state_dir)
+    state = stack.up(_regions(args.regions), args.state_dir, replication_delay_s=args.replication_delay_ms / 1000)
     print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
     print(f"  redis ({state['redis_kind']}): {state['redis_url']}")
     for region, res in state["regions"].items():
@@ -264,6 +296,26 @@ def _local_status(args: argparse.Namespace) -> int:
             f"p99 {lat['p99']} ms, {'drained' if s['drained'] else 'busy'}"
             + (f"; last error: {s['last_error']}" if s["last_error"] else "")
         )
+    if down := down_regions(args.state_dir):
+        print(f"  regions down: {', '.join(sorted(down))}")
+    replication = args.state_dir / "replication.json"
+    if replication.exists():
+        r = json.loads(replication.read_text())
+        print(
+            f"  replication (delay {r['delay_ms']} ms): {r['replicated']} writes replicated, {r['superseded']} "
+            f"superseded by a later write, {r['pending']} pending, {r['held_for_down_regions']} held for regions "
+            f"down; lag p50 {r['lag_ms']['p50']} ms p99 {r['lag_ms']['p99']} ms"
+        )
+    return EXIT_OK
+
+
+def _local_outage(args: argparse.Namespace) -> int:
+    state = stack.read_state(args.state_dir)
+    if args.region not in state["regions"]:
+        print(f"devicepipe: the local stack runs {', '.join(state['regions'])}, not {args.region}", file=sys.stderr)
+        return EXIT_USAGE
+    down = set_down(args.state_dir, args.region, down=args.action_name == "outage")
+    print(f"regions down: {', '.join(sorted(down)) or 'none'}")
     return EXIT_OK
 
 
@@ -275,6 +327,7 @@ def _local_demo(args: argparse.Namespace) -> int:
         devices=args.devices,
         branches=args.branches,
         regions=_regions(args.regions),
+        replication_delay_s=args.replication_delay_ms / 1000,
         keep=args.keep,
         timeout_s=args.timeout,
         state_dir=args.state_dir or DEMO_DIR,

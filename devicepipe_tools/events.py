@@ -180,11 +180,17 @@ def sample_events() -> dict[str, dict[str, Any]]:
     moved = reading("dev-002", "branch-bos", "2026-11-02T09:10:00.000Z", 9)  # changed branch
     replicated = reading("dev-003", "branch-ldn", "2026-11-02T10:00:00.000Z", 4)
 
-    def stream(*records: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    def stream(*records: tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
         return {
             "Records": [
-                dynamodb_record(name, item, sequence_number=_DDB_SEQ_BASE + i, created_s=1_793_610_100 + i)
-                for i, (name, item) in enumerate(records)
+                dynamodb_record(
+                    r[0],
+                    r[1],
+                    old=r[2] if len(r) > 2 else None,
+                    sequence_number=_DDB_SEQ_BASE + i,
+                    created_s=1_793_610_100 + i,
+                )
+                for i, r in enumerate(records)
             ]
         }
 
@@ -203,6 +209,11 @@ def sample_events() -> dict[str, dict[str, Any]]:
             ("MODIFY", table_item(moved, origin_region=us)),
             ("INSERT", table_item(newer, origin_region=us, latest=True)),
             ("REMOVE", table_item(moved, origin_region=us)),
+        ),
+        # dev-001: eu-west-1's older LATEST won by last writer wins (a regression to repair); dev-003: forward.
+        "latest_repair/replicated-regression.json": stream(
+            ("MODIFY", table_item(older, origin_region=eu, latest=True), table_item(newer, latest=True)),
+            ("MODIFY", table_item(replicated, origin_region=eu, latest=True), table_item(valid[3], latest=True)),
         ),
         "loader/scheduled.json": {
             "version": "0",

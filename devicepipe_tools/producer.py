@@ -139,22 +139,34 @@ class Producer:
         self._shard_ranges: list[tuple[int, int, str]] = []
         self._source_error: Exception | None = None
 
-    def check_stream(self) -> None:
-        """Fail early, with a clear message, when the stream cannot be used."""
-        try:
-            summary = self.client.describe_stream_summary(StreamName=self.stream)["StreamDescriptionSummary"]
-        except Exception as exc:
-            code = error_code(exc) or type(exc).__name__
-            raise ProducerError(f"cannot use stream {self.stream!r}: {code}: {exc}") from None
-        if summary["StreamStatus"] not in ("ACTIVE", "UPDATING"):
-            raise ProducerError(f"stream {self.stream!r} is {summary['StreamStatus']}")
+    def check_stream(self) -> list[str]:
+        """Fail early, with a clear message, when no region's stream can be used.
+
+        Returns why the others cannot (those regions are skipped for ``cooldown_s``, as after a failover).
+        """
+        problems, usable = [], None
+        for i, (client, stream) in enumerate(self.targets):
+            try:
+                summary = client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+            except Exception as exc:
+                problems.append(f"cannot use stream {stream!r}: {error_code(exc) or type(exc).__name__}: {exc}")
+            else:
+                if summary["StreamStatus"] in ("ACTIVE", "UPDATING"):
+                    usable = usable or (client, stream)
+                    continue
+                problems.append(f"stream {stream!r} is {summary['StreamStatus']}")
+            self._down_until[i] = time.monotonic() + self.cooldown_s
+        if usable is None:
+            raise ProducerError("; ".join(problems))
         if self.aggregate:
-            shards = self.client.list_shards(StreamName=self.stream)["Shards"]
+            client, stream = usable
+            shards = client.list_shards(StreamName=stream)["Shards"]
             self._shard_ranges = sorted(
                 (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]), s["ShardId"])
                 for s in shards
                 if "EndingSequenceNumber" not in s.get("SequenceNumberRange", {})
             )
+        return problems
 
     def send(self, entries: Iterable[Entry]) -> Progress:
         """Put every entry; returns the final counts (failures already passed to ``on_failure``).

@@ -70,6 +70,7 @@ def run_demo(
     devices: int = 200,
     branches: int = 12,
     regions: tuple[str, ...] = ("us-east-1",),
+    replication_delay_s: float = stack.DEFAULT_REPLICATION_DELAY_S,
     keep: bool = False,
     timeout_s: float = 600,
     state_dir: Path = DEMO_DIR,
@@ -79,7 +80,7 @@ def run_demo(
     stack.down(state_dir)
     t0 = time.monotonic()
     say(f"starting the local stack ({', '.join(regions)}) ...")
-    state = stack.up(regions, state_dir)
+    state = stack.up(regions, state_dir, replication_delay_s=replication_delay_s)
     result = DemoResult()
     try:
         region = regions[0]
@@ -291,7 +292,7 @@ def _verify_warehouse(
         stats = json.loads(path.read_text()) if path.exists() else {}
         if (
             stats.get("objects_loaded", 0) + stats.get("failed_manifests", 0) >= staged
-            and stats["last"]["pending_objects"] == 0
+            and stats["last"].get("pending_objects") == 0
         ):
             break
         time.sleep(0.5)

@@ -254,6 +254,8 @@ class EventSourceMapping:
         Pause after an empty poll.
     retry_base_s
         Base of the jittered exponential pause before a retry (capped at 2 s).
+    paused
+        True while the mapping's region is down (``local outage``): nothing is polled or invoked meanwhile.
     """
 
     def __init__(
@@ -265,8 +267,10 @@ class EventSourceMapping:
         poll_interval_s: float = 0.2,
         retry_base_s: float = 0.05,
         clock: Callable[[], float] = time.time,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.spec = spec
+        self.paused = paused
         self.source = source
         self.invoke = invoke
         self.send_to_destination = send_to_destination
@@ -303,6 +307,9 @@ class EventSourceMapping:
         buffer: list[StreamRecord] = []
         first_buffered = 0.0
         while not self._stop.is_set():
+            if self.paused():
+                self._stop.wait(self.poll_interval_s)
+                continue
             try:
                 if pending:
                     self._deliver(shard, pending)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from devicepipe.loader import Loader, Source
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
+from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import clients
 from devicepipe_tools.local.stack import write_json
 
@@ -41,16 +42,25 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    totals = {"cycles": 0, "objects_loaded": 0, "copies": 0, "failed_manifests": 0, "deferred": 0}
+    totals = {"cycles": 0, "objects_loaded": 0, "copies": 0, "failed_manifests": 0, "deferred": 0, "errors": 0}
     out = args.state_dir / "loader.json"
+    primary = next(iter(state["regions"]))
+    last: dict[str, object] = {}
     while True:
-        report = loader.run()
-        totals["cycles"] += 1
-        totals["objects_loaded"] += report.loaded_objects
-        totals["copies"] += report.copies
-        totals["failed_manifests"] += len(report.failed)
-        totals["deferred"] += int(bool(report.deferred))
-        write_json(out, {"updated_at": time.time(), **totals, "last": asdict(report)})
+        if primary not in down_regions(args.state_dir):  # the schedule stops with its region
+            try:
+                report = loader.run()
+            except Exception as exc:  # a failed scheduled run is simply run again on the next tick, as in AWS
+                totals["errors"] += 1
+                last = {**last, "error": f"{type(exc).__name__}: {exc}"}
+            else:
+                totals["cycles"] += 1
+                totals["objects_loaded"] += report.loaded_objects
+                totals["copies"] += report.copies
+                totals["failed_manifests"] += len(report.failed)
+                totals["deferred"] += int(bool(report.deferred))
+                last = asdict(report)
+            write_json(out, {"updated_at": time.time(), **totals, "last": last})
         if stop.wait(args.interval):
             break
 

@@ -7,6 +7,10 @@
    environment and the function's resolved variables, as Lambda would run them,
 and records endpoints and pids in ``.local/state.json`` so ``produce --local``, ``invoke --local``,
 ``status`` and the demo find it. ``down`` stops it all.
+
+With more than one region, the supervisor also replicates the global table between them (``replication``),
+and honours regional outages (``outage``). Each region gets its own Redis database, as each region has its
+own ElastiCache cluster in AWS.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from devicepipe_tools.local.net import free_port
+from devicepipe_tools.local.outage import OutageMiddleware, down_regions
 from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
 from devicepipe_tools.template import ROOT, load_template
 
 STATE_DIR = ROOT / ".local"
 DEFAULT_REGIONS = ("us-east-1",)
+DEFAULT_REPLICATION_DELAY_S = 1.0  # "writes replicate in about a second"
 
 
 class StackError(RuntimeError):
@@ -68,7 +74,10 @@ def base_env(endpoint: str, region: str, redis_url: str) -> dict[str, str]:
 
 
 def up(
-    regions: tuple[str, ...] = DEFAULT_REGIONS, state_dir: Path = STATE_DIR, timeout_s: float = 90
+    regions: tuple[str, ...] = DEFAULT_REGIONS,
+    state_dir: Path = STATE_DIR,
+    timeout_s: float = 90,
+    replication_delay_s: float = DEFAULT_REPLICATION_DELAY_S,
 ) -> dict[str, Any]:
     """Start the stack in the background and wait until every worker is polling."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +90,16 @@ def up(
     state_path(state_dir).unlink(missing_ok=True)
     log = (state_dir / "stack.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devicepipe_tools.local.stack", "--state-dir", str(state_dir), *regions],
+        [
+            sys.executable,
+            "-m",
+            "devicepipe_tools.local.stack",
+            "--state-dir",
+            str(state_dir),
+            "--replication-delay",
+            str(replication_delay_s),
+            *regions,
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -147,7 +165,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def serve(regions: list[str], state_dir: Path) -> None:
+def region_redis_url(url: str, index: int) -> str:
+    """The URL of database ``index`` on the same Redis: one database per region."""
+    base, sep, db = url.rpartition("/")
+    return f"{base}/{index}" if sep and db.isdigit() else f"{url.rstrip('/')}/{index}"
+
+
+def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFAULT_REPLICATION_DELAY_S) -> None:
     """The supervisor: runs until SIGTERM/SIGINT, then stops the workers and moto."""
     import logging
 
@@ -161,6 +185,8 @@ def serve(regions: list[str], state_dir: Path) -> None:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    outages = OutageMiddleware(server._server.app)  # type: ignore[union-attr]
+    server._server.app = outages  # type: ignore[union-attr]
     endpoint = f"http://127.0.0.1:{port}"
     template = load_template()
     stopping = False
@@ -172,10 +198,24 @@ def serve(regions: list[str], state_dir: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     resources = {region: create_region(template, region, endpoint) for region in regions}
+    replicator = None
+    if len(regions) > 1:
+        from devicepipe_tools.local.replication import Replicator
+
+        global_tables = [
+            res.names[logical_id]
+            for res in resources.values()
+            for logical_id, spec in template["Resources"].items()
+            if spec["Type"] == "AWS::DynamoDB::GlobalTable"
+        ]
+        replicator = Replicator(regions, set(global_tables), replication_delay_s)
+        replicator.install()
+    redis_urls = {region: region_redis_url(redis.url, i) for i, region in enumerate(regions)}
     state: dict[str, Any] = {
         "pid": os.getpid(),
         "endpoint": endpoint,
-        "redis_url": redis.url,
+        "redis_url": redis_urls[regions[0]],
+        "redis_urls": redis_urls,
         "redis_kind": redis.kind,
         "warehouse": str(state_dir / "warehouse.duckdb"),
         "regions": {r: asdict(res) for r, res in resources.items()},
@@ -183,14 +223,15 @@ def serve(regions: list[str], state_dir: Path) -> None:
         "ready": False,
     }
     write_json(state_path(state_dir), state)
-    for stale in [*state_dir.glob("esm-*.json"), state_dir / "loader.json", state_dir / "warehouse.duckdb"]:
+    stale_files = ("loader.json", "warehouse.duckdb", "outages.json", "replication.json")
+    for stale in [*state_dir.glob("esm-*.json"), *(state_dir / name for name in stale_files)]:
         stale.unlink(missing_ok=True)
     workers = []
     for region, res in resources.items():
         for function in _functions_with_mappings(template):
             env = {
                 **os.environ,
-                **base_env(endpoint, region, redis.url),
+                **base_env(endpoint, region, redis_urls[region]),
                 **function_env(template, function, res),
             }
             workers.append(
@@ -215,7 +256,7 @@ def serve(regions: list[str], state_dir: Path) -> None:
     workers.append(
         subprocess.Popen(
             [sys.executable, "-m", "devicepipe_tools.local.loader_worker", "--state-dir", str(state_dir)],
-            env={**os.environ, **base_env(endpoint, primary, redis.url)},
+            env={**os.environ, **base_env(endpoint, primary, redis_urls[primary])},
             cwd=ROOT,
         )
     )
@@ -233,11 +274,23 @@ def serve(regions: list[str], state_dir: Path) -> None:
     state["ready"] = not stopping
     write_json(state_path(state_dir), state)
     print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {len(workers)} workers", flush=True)
+    ticks = 0
     while not stopping:
         if any(w.poll() is not None for w in workers):
             print("a worker exited; stopping the stack", file=sys.stderr, flush=True)
             break
+        down = down_regions(state_dir)
+        if down != outages.down:
+            print(f"regions down: {', '.join(sorted(down)) or 'none'}", flush=True)
+            outages.down = down
+            if replicator is not None:
+                replicator.set_down(down)
+        if replicator is not None and ticks % 5 == 0:
+            write_json(state_dir / "replication.json", {"updated_at": time.time(), **replicator.snapshot()})
+        ticks += 1
         time.sleep(0.2)
+    if replicator is not None:
+        replicator.uninstall()
     for w in workers:
         if w.poll() is None:
             w.terminate()
@@ -280,6 +333,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="local stack supervisor (started by `devicepipe local up`)")
     parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--replication-delay", type=float, default=DEFAULT_REPLICATION_DELAY_S)
     parser.add_argument("regions", nargs="+")
     cli = parser.parse_args()
-    serve(cli.regions, cli.state_dir)
+    serve(cli.regions, cli.state_dir, cli.replication_delay)

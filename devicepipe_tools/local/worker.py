@@ -19,6 +19,7 @@ import boto3
 
 from devicepipe_tools.local.esm import DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
 from devicepipe_tools.local.functions import context_for, function_spec, load_handler
+from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import Resolver
 from devicepipe_tools.local.stack import region_resources, write_json
 from devicepipe_tools.template import load_template
@@ -69,8 +70,9 @@ def main() -> None:
         queue = sqs.get_queue_url(QueueName=destination_arn.rsplit(":", maxsplit=1)[-1])["QueueUrl"]
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(message))
 
+    region_down = threading.Event()  # `local outage`: the region's functions stop with it
     mappings = [
-        EventSourceMapping(spec, source_for(spec, args.region), invoke, send)
+        EventSourceMapping(spec, source_for(spec, args.region), invoke, send, paused=region_down.is_set)
         for spec in mapping_specs(template, resolver, args.function)
     ]
     stop = threading.Event()
@@ -80,6 +82,10 @@ def main() -> None:
         m.start()
     out = args.state_dir / f"esm-{args.region}-{args.function}.json"
     while True:
+        if args.region in down_regions(args.state_dir):
+            region_down.set()
+        else:
+            region_down.clear()
         write_json(
             out,
             {

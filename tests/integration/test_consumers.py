@@ -22,6 +22,7 @@ from devicepipe_tools.events import dynamodb_record, reading, table_item
 from devicepipe_tools.local.net import free_port, wait_listening
 from devicepipe_tools.template import ROOT, create_table_kwargs
 from functions.cache_updater import app as cache_app
+from functions.latest_repair import app as repair_app
 from functions.stager import app as stager_app
 from tests.conftest import FakeLambdaContext
 
@@ -191,3 +192,27 @@ def test_stager_failure_reports_every_record(
     event = sample("stager/own-and-replicated.json")
     response = stager_app.lambda_handler(event, lambda_context)
     assert len(response["batchItemFailures"]) == len(event["Records"])
+
+
+def test_latest_repair_restores_the_newer_image_that_replication_overwrote(
+    template: dict[str, Any], lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = sample("latest_repair/replicated-regression.json")
+    regressed, forward = (r["dynamodb"] for r in event["Records"])
+    with mock_aws():
+        ddb = boto3.client("dynamodb")
+        ddb.create_table(**create_table_kwargs(template, "ReadingsTable", "t"))
+        # The table as last-writer-wins left it: the older reading in dev-001's LATEST, dev-003 moved forward.
+        ddb.put_item(TableName="t", Item=regressed["NewImage"])
+        ddb.put_item(TableName="t", Item=forward["NewImage"])
+        monkeypatch.setenv("TABLE_NAME", "t")
+        repair_app._writer.cache_clear()
+        try:
+            assert repair_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+            # replayed (the ESM retries whole batches): the condition refuses, nothing changes
+            assert repair_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+        finally:
+            repair_app._writer.cache_clear()
+        stored = {i["device_id"]["S"]: i for i in ddb.scan(TableName="t")["Items"] if i["sk"]["S"] == "LATEST"}
+    assert stored["dev-001"] == regressed["OldImage"]  # restored exactly, origin region included
+    assert stored["dev-003"] == forward["NewImage"]  # a forward move is left alone

@@ -57,16 +57,27 @@ def test_ingest_reads_the_kinesis_stream(template: dict[str, Any]) -> None:
     assert esm["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["IngestFailureQueue", "Arn"]}
 
 
-@pytest.mark.parametrize(
-    "mapping", ["IngestEventSourceMapping", "CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"]
-)
+MAPPINGS = [
+    "IngestEventSourceMapping",
+    "CacheUpdaterEventSourceMapping",
+    "StagerEventSourceMapping",
+    "LatestRepairEventSourceMapping",
+]
+
+
+def test_every_event_source_mapping_is_listed_here(template: dict[str, Any]) -> None:
+    assert set(resources_of(template, "AWS::Lambda::EventSourceMapping")) == set(MAPPINGS)
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS)
 def test_every_event_source_mapping_cannot_block_a_shard(template: dict[str, Any], mapping: str) -> None:
     esm = resource(template, mapping)["Properties"]
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert esm["BisectBatchOnFunctionError"] is True
     assert 0 < esm["MaximumRetryAttempts"] <= 10
     assert 60 <= esm["MaximumRecordAgeInSeconds"] <= 86_400
-    assert esm["MaximumBatchingWindowInSeconds"] >= 1
+    # Batching windows amortise invocations; the LATEST repair takes none (a regression is visible until fixed).
+    assert esm["MaximumBatchingWindowInSeconds"] >= (0 if mapping == "LatestRepairEventSourceMapping" else 1)
     assert esm["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][1] == "Arn"
 
 
@@ -193,13 +204,13 @@ def test_redis_is_multi_az_encrypted_with_auth_from_secrets_manager(template: di
     assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
 
 
-@pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction"])
+@pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction", "LatestRepairFunction"])
 def test_stream_consumers_run_in_the_vpc(template: dict[str, Any], function: str) -> None:
     vpc = resource(template, function)["Properties"]["VpcConfig"]
     assert vpc["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
 
 
-@pytest.mark.parametrize("mapping", ["CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"])
+@pytest.mark.parametrize("mapping", MAPPINGS[1:])
 def test_stream_consumer_mappings_read_this_regions_table_stream(template: dict[str, Any], mapping: str) -> None:
     esm = resource(template, mapping)
     assert esm["Condition"] == "ConsumesTableStream"
@@ -283,6 +294,29 @@ def alarmed_names(template: dict[str, Any], metric: str) -> set[str]:
             v = d["Value"]
             out.add(v.get("Ref") or v.get("Fn::GetAtt", [""])[0] if isinstance(v, dict) else v)
     return out
+
+
+def test_latest_repair_sees_latest_changes_only_and_may_only_put_items_in_its_table(
+    template: dict[str, Any],
+) -> None:
+    (pattern,) = resource(template, "LatestRepairEventSourceMapping")["Properties"]["FilterCriteria"]["Filters"]
+    assert json.loads(pattern["Pattern"]) == {"eventName": ["MODIFY"], "dynamodb": {"Keys": {"sk": {"S": ["LATEST"]}}}}
+    statements = resource(template, "LatestRepairRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    table_actions = {a for st in statements for a in _actions(st) if a.startswith("dynamodb:")}
+    stream_reads = {
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+    }
+    assert table_actions == stream_reads | {"dynamodb:PutItem"}
+    (put,) = [st for st in statements if "dynamodb:PutItem" in _actions(st)]
+    assert put["Resource"]["Fn::Sub"].endswith(":table/${TableName}")
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    actions = statement["Action"]
+    return [actions] if isinstance(actions, str) else list(actions)
 
 
 def test_every_function_is_alarmed_on_errors_throttles_and_p99_duration(template: dict[str, Any]) -> None:

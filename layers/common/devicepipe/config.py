@@ -131,6 +131,21 @@ class StagerSettings:
 
 
 @dataclass(frozen=True)
+class RepairSettings:
+    """Settings of LatestRepairFunction."""
+
+    table_name: str
+    max_concurrency: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(table_name=e.text("TABLE_NAME"), max_concurrency=e.integer("MAX_CONCURRENCY", 8, 1, 64))
+        e.check("LatestRepairFunction settings")
+        return settings
+
+
+@dataclass(frozen=True)
 class LoaderSettings:
     """Settings of LoaderFunction. ``STAGING_SOURCES``: ``bucket:region`` pairs, comma-separated."""
 
