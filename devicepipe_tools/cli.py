@@ -140,6 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_loads)
 
+    p = sub.add_parser("probe", help="probe replication: global-table replication lag between regions")
+    p.add_argument("what", choices=["replication"])
+    p.add_argument("--regions", help="comma-separated; every ordered pair is probed (default: samconfig.toml's)")
+    p.add_argument("--local", action="store_true", help="probe the running local stack")
+    p.add_argument("--table", help="table name (default: the template's TableName default)")
+    p.add_argument("--count", type=_positive, default=20, help="markers per direction (default 20)")
+    p.add_argument("--interval-ms", type=_positive, default=100, help="between markers (default 100)")
+    p.add_argument("--poll-ms", type=_positive, default=20, help="between reads of the target (default 20)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a marker counts as lost")
+    p.add_argument("--max-p99-ms", type=float, help="also fail (exit 1) when p99 lag is above this")
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(run=_probe)
+
     p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
     p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
     p.add_argument("--event", required=True, help="event JSON file (see events/)")
@@ -336,6 +350,68 @@ def _local_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.figures, indent=1))
     return EXIT_OK if result.consistent else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------------------------- probe
+# A probe measures; it should see a failing region fail quickly, not hide it behind long client retries.
+PROBE_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=5)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from devicepipe_tools.probe import probe_replication
+    from devicepipe_tools.template import load_template, parameter_default
+
+    if args.local:
+        state = stack.read_state(args.state_dir)
+        regions = _regions(args.regions) if args.regions else tuple(state["regions"])
+        missing = [r for r in regions if r not in state["regions"]]
+        if missing:
+            print(
+                f"devicepipe: the local stack runs {', '.join(state['regions'])}, not {', '.join(missing)}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        table = args.table or stack.region_resources(state, regions[0]).names["ReadingsTable"]
+        dynamodb = {
+            r: local_clients(state["endpoint"], r, "dynamodb", config=PROBE_CONFIG)["dynamodb"] for r in regions
+        }
+    else:
+        regions = _regions(args.regions or "all")
+        table = args.table or str(parameter_default(load_template(), "TableName"))
+        dynamodb = {r: boto3.client("dynamodb", region_name=r, config=PROBE_CONFIG) for r in regions}
+    if len(regions) < 2:
+        print("devicepipe: probing replication needs at least two regions (--regions a,b)", file=sys.stderr)
+        return EXIT_USAGE
+    results = []
+    for source in regions:
+        for target in regions:
+            if source == target:
+                continue
+            print(f"probing {table}: {source} -> {target}, {args.count} markers ...", file=sys.stderr)
+            result = probe_replication(
+                dynamodb[source],
+                dynamodb[target],
+                table,
+                source,
+                target,
+                count=args.count,
+                interval_s=args.interval_ms / 1000,
+                poll_s=args.poll_ms / 1000,
+                timeout_s=args.timeout,
+            )
+            print(result.line())
+            for failure in result.failures[:5]:
+                print(f"  failure: {failure}")
+            results.append(result)
+    if args.json:
+        print(json.dumps([r.summary() for r in results], indent=1))
+    failed = any(r.failures for r in results)
+    too_slow = args.max_p99_ms is not None and any(
+        (r.summary()["lag_ms"]["p99"] or 0) > args.max_p99_ms for r in results
+    )
+    if too_slow:
+        print(f"p99 replication lag above {args.max_p99_ms:.0f} ms", file=sys.stderr)
+    return EXIT_FAILED if failed or too_slow else EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------- loads

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from devicepipe_tools.events import kinesis_record
+from devicepipe_tools.stats import summary_ms
 
 Invoke = Callable[[dict[str, Any]], Any]
 _MAX_SAMPLES = 50_000
@@ -225,15 +226,7 @@ class MappingStats:
     def snapshot(self) -> dict[str, Any]:
         """Counters, and the record latency (arrival in the stream -> handler done) as percentiles."""
         out = {k: v for k, v in self.__dict__.items() if k != "latencies_s"}
-        lat = sorted(self.latencies_s)
-        out["latency_ms"] = {
-            "count": len(lat),
-            **{
-                f"p{q}": round(lat[min(len(lat) - 1, len(lat) * q // 100)] * 1000, 1) if lat else None
-                for q in (50, 95, 99)
-            },
-            "max": round(lat[-1] * 1000, 1) if lat else None,
-        }
+        out["latency_ms"] = summary_ms(self.latencies_s)
         return out
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicepipe_tools.local.resources import ACCOUNT
+from devicepipe_tools.stats import summary_ms
 
 _MARK = "__devicepipe_replicator_wraps__"  # on our wrappers: the function they wrap
 _WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
@@ -53,21 +54,16 @@ class _Pending:
 class ReplicationStats:
     replicated: int = 0
     superseded: int = 0  # arrived after a later write of the same item: last writer wins
-    lags_ms: list[float] = field(default_factory=list)  # write in the source -> applied in the target
+    lags_s: list[float] = field(default_factory=list)  # write in the source -> applied in the target
 
     def snapshot(self, pending: int, held: int, delay_s: float) -> dict[str, Any]:
-        lags = sorted(self.lags_ms[-10_000:])
-
-        def pct(p: float) -> float | None:
-            return round(lags[min(len(lags) - 1, int(p * len(lags)))], 1) if lags else None
-
         return {
             "delay_ms": round(delay_s * 1000),
             "replicated": self.replicated,
             "superseded": self.superseded,
             "pending": pending,
             "held_for_down_regions": held,
-            "lag_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lags[-1] if lags else None},
+            "lag_ms": summary_ms(self.lags_s),
         }
 
 
@@ -237,6 +233,6 @@ class Replicator:
             self._versions[(p.target, p.table, p.key)] = (p.written_at, p.source)
         with self._wake:
             self.stats.replicated += 1
-            self.stats.lags_ms.append((self.clock() - p.written_at) * 1000)
-            if len(self.stats.lags_ms) > 20_000:
-                del self.stats.lags_ms[:10_000]
+            self.stats.lags_s.append(self.clock() - p.written_at)
+            if len(self.stats.lags_s) > 20_000:
+                del self.stats.lags_s[:10_000]  # the recent ones tell how replication is doing now

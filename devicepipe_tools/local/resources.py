@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from devicepipe_tools.template import create_table_kwargs, function_environment, ttl_attribute
 
@@ -103,12 +104,12 @@ class Resolver:
         raise KeyError(f"local stack cannot resolve GetAtt {logical}.{attr}")
 
 
-def clients(endpoint: str, region: str, *services: str) -> dict[str, Any]:
+def clients(endpoint: str, region: str, *services: str, config: Config | None = None) -> dict[str, Any]:
     """boto3 clients for the local stack's moto server (fake credentials, one region)."""
     session = boto3.session.Session(
         region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing", aws_session_token="testing"
     )
-    return {s: session.client(s, endpoint_url=endpoint) for s in services}  # type: ignore[call-overload]
+    return {s: session.client(s, endpoint_url=endpoint, config=config) for s in services}  # type: ignore[call-overload]
 
 
 def physical_name(logical_id: str, region: str) -> str:
