@@ -223,3 +223,21 @@ def test_unknown_item_identifier_fails_the_whole_batch() -> None:
     fn = Recorder(behaviour)
     run(spec(), FakeSource(docs(3)), fn, until=lambda: len(fn.batches) >= 2)
     assert fn.batches[:2] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_a_paused_mapping_invokes_nothing_and_resumes_where_it_was() -> None:
+    # Given a region that is down (local outage): its mapping neither polls nor invokes
+    down = threading.Event()
+    down.set()
+    source, fn = FakeSource(docs(5)), Recorder()
+    mapping = EventSourceMapping(spec(), source, fn, lambda *_: None, poll_interval_s=0.01, paused=down.is_set)
+    mapping.start()
+    time.sleep(0.2)
+    assert fn.delivered == []
+    # When the region is back, every record is delivered once, in order
+    down.clear()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(fn.delivered) < 5:
+        time.sleep(0.02)
+    mapping.stop()
+    assert fn.delivered == list(range(5))
