@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from devicepipe_tools.cli import EXIT_USAGE, _regions, main
@@ -27,4 +29,22 @@ def test_invoke_names_unknown_functions_and_missing_events(capsys: pytest.Captur
 def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["produce", "--simulate", "--count", "0", "--stream", "s"])
+    assert info.value.code == 2
+
+
+def test_probe_needs_two_regions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "replication", "--regions", "us-east-1"]) == EXIT_USAGE
+    assert "needs at least two regions" in capsys.readouterr().err
+
+
+def test_outage_and_probe_need_a_running_local_stack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["local", "outage", "eu-west-1", "--state-dir", str(tmp_path)]) == EXIT_USAGE
+    assert "no local stack is running" in capsys.readouterr().err
+    assert main(["probe", "replication", "--local", "--state-dir", str(tmp_path)]) == EXIT_USAGE
+    assert "no local stack is running" in capsys.readouterr().err
+
+
+def test_negative_replication_delay_is_refused() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["local", "up", "--replication-delay-ms", "-1"])
     assert info.value.code == 2
