@@ -104,13 +104,19 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
     device_id: Any = obj.get("device_id")
     branch_id: Any = obj.get("branch_id")
-    if device_id not in _valid_ids and not _valid_id(device_id):
-        raise InvalidReading(_id_reason("device_id", device_id))
-    if branch_id not in _valid_ids and not _valid_id(branch_id):
-        raise InvalidReading(_id_reason("branch_id", branch_id))
-    if "ts" not in obj:
+    device = _devices.get(device_id) if type(device_id) is str else None
+    if device is None:
+        device = _device_attributes(device_id)
+    branch = _branches.get(branch_id) if type(branch_id) is str else None
+    if branch is None:
+        branch = _branch_attribute(branch_id)
+    ts_value: Any = obj.get("ts")
+    if ts_value is None and "ts" not in obj:
         raise InvalidReading("ts: required")
-    ts, epoch_s = _parse_ts(obj["ts"])
+    # Fast path (inlined: this is the hot loop of the ingest): a UTC time in a minute already validated.
+    minute = _utc_minutes.get(ts_value[:16]) if type(ts_value) is str else None
+    parsed = None if minute is None else _parse_utc_in_minute(ts_value, minute)
+    ts, epoch_s = parsed or _parse_ts(ts_value)
     if epoch_s > (time.time() if now_s is None else now_s) + max_skew_s:
         raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
     seq = obj.get("seq", 0)
@@ -122,10 +128,10 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         raise InvalidReading(f"metrics: {got}")
     version = f"{ts}#{seq:0{SEQ_WIDTH}d}"
     attributes: dict[str, AttributeValue] = {
-        "pk": {"S": "DEVICE#" + device_id},
+        "pk": device[1],
         "sk": {"S": "R#" + version},
-        "device_id": {"S": device_id},
-        "branch_id": {"S": branch_id},
+        "device_id": device[0],
+        "branch_id": branch,
         "ts": {"S": ts},
         "seq": {"N": str(seq)},
         "metrics": _marshal_map(metrics, "metrics", 1),
@@ -142,18 +148,29 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
     return Reading(device_id, branch_id, ts, seq, int(epoch_s), version, attributes)
 
 
-# Identifiers already validated: a fleet repeats the same few thousand device and branch ids all day.
-_valid_ids: set[Any] = set()
+# Identifiers already validated, with their attribute values: a fleet repeats the same few thousand device
+# and branch ids all day. The values are shared between items, so nothing may modify them in place.
+_devices: dict[str, tuple[AttributeValue, AttributeValue]] = {}  # id -> ({"S": id}, {"S": pk})
+_branches: dict[str, AttributeValue] = {}
 _MAX_CACHED = 100_000
 
 
-def _valid_id(value: Any) -> bool:
+def _device_attributes(value: Any) -> tuple[AttributeValue, AttributeValue]:
     if type(value) is not str or not _ID_RE.match(value):
-        return False
-    if len(_valid_ids) >= _MAX_CACHED:
-        _valid_ids.clear()
-    _valid_ids.add(value)
-    return True
+        raise InvalidReading(_id_reason("device_id", value))
+    if len(_devices) >= _MAX_CACHED:
+        _devices.clear()
+    found = _devices[value] = ({"S": value}, {"S": "DEVICE#" + value})
+    return found
+
+
+def _branch_attribute(value: Any) -> AttributeValue:
+    if type(value) is not str or not _ID_RE.match(value):
+        raise InvalidReading(_id_reason("branch_id", value))
+    if len(_branches) >= _MAX_CACHED:
+        _branches.clear()
+    found = _branches[value] = {"S": value}
+    return found
 
 
 def _parse_ts(value: Any) -> tuple[str, float]:
@@ -162,10 +179,7 @@ def _parse_ts(value: Any) -> tuple[str, float]:
         if value < MIN_TS_MS:
             raise InvalidReading("ts: epoch milliseconds before 2000-01-01 (seconds sent as milliseconds?)")
         return _format_us(value * 1000), value / 1000
-    if type(value) is str:
-        minute = _utc_minutes.get(value[:16])
-        if minute is not None and (fast := _parse_utc_in_minute(value, minute)) is not None:
-            return fast
+    if type(value) is str:  # (UTC times of a minute already seen took the fast path in parse_reading)
         if not _RFC3339_RE.match(value):
             raise InvalidReading("ts: not RFC 3339 with a zone (e.g. 2026-01-31T12:00:00.123Z) nor epoch ms")
         try:
@@ -253,20 +267,28 @@ def _marshal(value: Any, path: str, depth: int) -> AttributeValue:
     raise InvalidReading(f"{path}: unsupported value type {t.__name__}")
 
 
-def _marshal_map(value: dict[str, Any], path: str, depth: int) -> AttributeValue:
+def _marshal_map(
+    value: dict[str, Any],
+    path: str,
+    depth: int,
+    _lo: float = _DDB_MIN_N,
+    _hi: float = _DDB_MAX_N,
+    _max_int: int = _MAX_INT,
+) -> AttributeValue:
+    # Constants bound as defaults (locals, not globals): this loop is the hot path of the whole ingest.
     if depth >= MAX_DEPTH:
         raise InvalidReading(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if "" in value:
+        raise InvalidReading(f"{path}: empty key")
     out: dict[str, AttributeValue] = {}
     for k, v in value.items():
-        if not k:
-            raise InvalidReading(f"{path}: empty key")
         tv = type(v)
-        # Inline the common leaf types: this loop is the hot path of the whole ingest.
-        if tv is float and math.isfinite(v) and (not v or _DDB_MIN_N <= abs(v) <= _DDB_MAX_N):
+        # Common leaves inline; NaN and infinities fail the range test and take the slow path, which refuses them.
+        if tv is float and (not v or _lo <= abs(v) <= _hi):
             out[k] = {"N": repr(v)}
         elif tv is str:
             out[k] = {"S": v}
-        elif tv is int and -_MAX_INT < v < _MAX_INT:
+        elif tv is int and -_max_int < v < _max_int:
             out[k] = {"N": str(v)}
         else:
             out[k] = _marshal(v, f"{path}.{k}", depth + 1)
