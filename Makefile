@@ -10,7 +10,7 @@ export SAM_CLI_TELEMETRY := 0
 .PHONY: help venv test lint typecheck template security bench demo build package clean
 
 help:
-	@echo "make demo   - run the whole pipeline end to end on the local stack and check it"
+	@echo "make demo   - run the whole pipeline end to end on the local stack and check it (REGIONS=a,b: both)"
 	@echo "make test   - lint, type-check, template checks and the whole test suite (what CI runs)"
 	@echo "make bench  - benchmarks, each printed as a ratio against its baseline"
 	@echo "make build  - sam build (needs Python 3.13)"
@@ -50,8 +50,9 @@ security: $(CHECKOV)
 test: lint typecheck template security package
 	$(BIN)/pytest
 
+# make demo REGIONS=us-east-1,eu-west-1 runs it across both regions (replication, conflicts, both caches).
 demo: venv
-	$(BIN)/devicepipe local demo
+	$(BIN)/devicepipe local demo $(if $(REGIONS),--regions $(REGIONS))
 
 bench: venv
 	$(BIN)/python -m benchmarks

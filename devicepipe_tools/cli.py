@@ -284,7 +284,7 @@ def _regions(text: str) -> tuple[str, ...]:
 def _local_up(args: argparse.Namespace) -> int:
     state = stack.up(_regions(args.regions), args.state_dir, replication_delay_s=args.replication_delay_ms / 1000)
     print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
-    print(f"  redis ({state['redis_kind']}): {state['redis_url']}")
+    print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
     for region, res in state["regions"].items():
         for logical_id, name in res["names"].items():
             if logical_id in ("ReadingsStream", "ReadingsTable", "QuarantineBucket", "IngestFailureQueue"):
@@ -300,7 +300,7 @@ def _local_down(args: argparse.Namespace) -> int:
 def _local_status(args: argparse.Namespace) -> int:
     state = stack.read_state(args.state_dir)
     print(f"local stack: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
-    print(f"  redis ({state['redis_kind']}): {state['redis_url']}")
+    print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
     for name, s in stack.mapping_stats(args.state_dir).items():
         lat = s["latency_ms"]
         print(
@@ -503,7 +503,7 @@ def _invoke(args: argparse.Namespace) -> int:
         region = args.region or next(iter(state["regions"]))
         env = {
             **os.environ,
-            **stack.base_env(state["endpoint"], region, state["redis_url"]),
+            **stack.base_env(state["endpoint"], region, state["redis_urls"][region]),
             **function_env(template, args.function, stack.region_resources(state, region)),
         }
     else:
