@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
 from devicepipe_tools.local import stack
-from devicepipe_tools.local.outage import down_regions, set_down
+from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import (
     FailureFile,
@@ -324,11 +324,7 @@ def _local_status(args: argparse.Namespace) -> int:
 
 
 def _local_outage(args: argparse.Namespace) -> int:
-    state = stack.read_state(args.state_dir)
-    if args.region not in state["regions"]:
-        print(f"devicepipe: the local stack runs {', '.join(state['regions'])}, not {args.region}", file=sys.stderr)
-        return EXIT_USAGE
-    down = set_down(args.state_dir, args.region, down=args.action_name == "outage")
+    down = stack.set_region_down(args.state_dir, args.region, down=args.action_name == "outage")
     print(f"regions down: {', '.join(sorted(down)) or 'none'}")
     return EXIT_OK
 

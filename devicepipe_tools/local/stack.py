@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from devicepipe_tools.local.net import free_port
-from devicepipe_tools.local.outage import OutageMiddleware, down_regions
+from devicepipe_tools.local.outage import OutageMiddleware, down_regions, set_down
 from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
 from devicepipe_tools.template import ROOT, load_template
@@ -135,6 +135,20 @@ def down(state_dir: Path = STATE_DIR, timeout_s: float = 30) -> bool:
             os.killpg(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return True
+
+
+def set_region_down(state_dir: Path, region: str, down: bool, timeout_s: float = 10) -> set[str]:
+    """Take a region of the running stack down (or back up) and wait until the supervisor has applied it."""
+    state = read_state(state_dir)
+    if region not in state["regions"]:
+        raise StackError(f"the local stack runs {', '.join(state['regions'])}, not {region}")
+    wanted = set_down(state_dir, region, down)
+    deadline = time.monotonic() + timeout_s
+    while set(read_state(state_dir).get("down", [])) != wanted:
+        if time.monotonic() > deadline:
+            raise StackError(f"the local stack did not apply the outage within {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return wanted
 
 
 def mapping_stats(state_dir: Path = STATE_DIR) -> dict[str, dict[str, Any]]:
@@ -285,6 +299,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
             outages.down = down
             if replicator is not None:
                 replicator.set_down(down)
+            write_json(state_path(state_dir), {**state, "down": sorted(down)})  # acknowledges `set_region_down`
         if replicator is not None and ticks % 5 == 0:
             write_json(state_dir / "replication.json", {"updated_at": time.time(), **replicator.snapshot()})
         ticks += 1

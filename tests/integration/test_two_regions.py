@@ -20,7 +20,6 @@ from devicepipe_tools import cli
 from devicepipe_tools.events import dynamodb_record, encode, reading, table_item
 from devicepipe_tools.fakes import FaultyKinesis
 from devicepipe_tools.local import stack
-from devicepipe_tools.local.outage import set_down
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, Producer
 from tests.integration.stack_helpers import stored_readings, wait_for
@@ -177,7 +176,7 @@ def test_an_outage_of_one_region_loses_nothing_and_it_catches_up_when_back(
     both: dict[str, Any], tmp_path: Path
 ) -> None:
     # Given eu-west-1 down (503s, its functions stopped)
-    set_down(both["state_dir"], EU, True)
+    stack.set_region_down(both["state_dir"], EU, True)
     try:
         # When a producer that prefers eu-west-1 keeps sending
         code = cli.main(
@@ -194,7 +193,7 @@ def test_an_outage_of_one_region_loses_nothing_and_it_catches_up_when_back(
         held = json.loads((both["state_dir"] / "replication.json").read_text())["held_for_down_regions"]
         assert held >= 300
     finally:
-        set_down(both["state_dir"], EU, False)
+        stack.set_region_down(both["state_dir"], EU, False)
     # And once eu-west-1 is back, it holds every reading and its cache every device's newest
     wait_for(lambda: len(stored_readings(both[EU]["dynamodb"], table_name(both), "dev-")) >= 300, 90)
     wait_settled(both)
