@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -42,3 +43,20 @@ def test_errors_propagate() -> None:
 
     with ThreadPoolExecutor(4) as pool, pytest.raises(RuntimeError, match="boom"):
         fan_out(pool, 4, call, list(range(10)))
+
+
+def test_the_fewest_lanes_that_keep_the_number_of_rounds() -> None:
+    # 100 calls on at most 32 lanes take 4 rounds; 25 lanes take 4 rounds too, with 7 hand-offs fewer
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    with Counting(32) as pool:
+        assert fan_out(pool, 32, lambda x: x, list(range(100))) == list(range(100))
+        assert pool.submitted == 25 - 1  # the caller works one lane itself
+        pool.submitted = 0
+        fan_out(pool, 32, lambda x: x, list(range(40)))  # 2 rounds: 20 lanes
+        assert pool.submitted == 20 - 1

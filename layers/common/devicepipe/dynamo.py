@@ -122,31 +122,37 @@ class DynamoWriter:
 
     def _write_chunk(self, items: Sequence[Item], indices: range) -> WriteResult:
         result = WriteResult()
-        pending = {(items[i]["pk"]["S"], items[i]["sk"]["S"]): i for i in indices}
+        pending = list(indices)
 
         def attempt() -> bool:
             nonlocal pending
             result.calls += 1
             response = self.client.batch_write_item(
-                RequestItems={self.table_name: [{"PutRequest": {"Item": items[i]}} for i in pending.values()]}
+                RequestItems={self.table_name: [{"PutRequest": {"Item": items[i]}} for i in pending]}
             )
-            unprocessed = response.get("UnprocessedItems", {}).get(self.table_name, [])
-            left = (r["PutRequest"]["Item"] for r in unprocessed)
-            pending = {(i["pk"]["S"], i["sk"]["S"]): pending[(i["pk"]["S"], i["sk"]["S"])] for i in left}
-            return not pending
+            unprocessed = response.get("UnprocessedItems", {}).get(self.table_name)
+            if not unprocessed:
+                pending = []
+                return True
+            # Only now map keys back to indices: the common, fully processed call never pays for it.
+            by_key = {(items[i]["pk"]["S"], items[i]["sk"]["S"]): i for i in pending}
+            pending = [
+                by_key[(r["PutRequest"]["Item"]["pk"]["S"], r["PutRequest"]["Item"]["sk"]["S"])] for r in unprocessed
+            ]
+            return False
 
         try:
             outcome = self.retrier.run(attempt)
         except Exception as exc:
             if error_code(exc) == "ValidationException":
                 # One item DynamoDB refuses fails the whole call: find it by writing the chunk one by one.
-                return self._write_singly(items, list(pending.values()), result)
+                return self._write_singly(items, pending, result)
             logger.exception("BatchWriteItem failed with a non-retryable error", extra={"code": error_code(exc)})
-            result.failed.update((i, f"{error_code(exc) or type(exc).__name__}: {exc}") for i in pending.values())
+            result.failed.update((i, f"{error_code(exc) or type(exc).__name__}: {exc}") for i in pending)
             return result
         result.retries += outcome.retries
         if not outcome.done:
-            result.failed.update((i, outcome.error) for i in pending.values())
+            result.failed.update((i, outcome.error) for i in pending)
         return result
 
     def _write_singly(self, items: Sequence[Item], indices: list[int], result: WriteResult) -> WriteResult:
