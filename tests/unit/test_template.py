@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from devicepipe_tools.probe import PROBE_PK_PREFIX
 from devicepipe_tools.template import ROOT, function_environment, resource
 
 
@@ -377,3 +378,18 @@ def test_aurora_global_database_multi_az_encrypted_two_day_backups(template: dic
     ingress = resource(template, "AuroraSecurityGroup")["Properties"]["SecurityGroupIngress"]
     assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
     assert alarms_on(template, {"Fn::If": ["IsPrimaryRegion", "AuroraReplicaLag", "AuroraGlobalDBReplicationLag"]})
+
+
+def test_operator_policies_are_scoped_producers_to_the_stream_probe_to_its_markers(template: dict[str, Any]) -> None:
+    producer = resource(template, "ProducerPolicy")["Properties"]["PolicyDocument"]["Statement"]
+    assert {a for st in producer for a in _actions(st)} == {
+        "kinesis:PutRecords",
+        "kinesis:PutRecord",
+        "kinesis:DescribeStreamSummary",
+        "kinesis:ListShards",
+        "kms:GenerateDataKey",
+    }
+    assert producer[0]["Resource"] == {"Fn::GetAtt": ["ReadingsStream", "Arn"]}
+    (probe,) = resource(template, "ReplicationProbePolicy")["Properties"]["PolicyDocument"]["Statement"]
+    assert probe["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{PROBE_PK_PREFIX}*"]}}
+    assert set(_actions(probe)) == {"dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"}
