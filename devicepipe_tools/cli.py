@@ -117,8 +117,10 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument(
                 "--replication-delay-ms",
                 type=_non_negative,
-                default=round(stack.DEFAULT_REPLICATION_DELAY_S * 1000),
-                help="global-table replication delay between regions (default 1000)",
+                default=round(
+                    (stack.DEFAULT_REPLICATION_DELAY_S if name == "up" else stack.DEMO_REPLICATION_DELAY_S) * 1000
+                ),
+                help="global-table replication delay between regions (default %(default)s)",
             )
         if name == "demo":
             a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")

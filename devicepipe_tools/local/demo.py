@@ -72,7 +72,7 @@ def run_demo(
     devices: int = 200,
     branches: int = 12,
     regions: tuple[str, ...] = ("us-east-1",),
-    replication_delay_s: float = stack.DEFAULT_REPLICATION_DELAY_S,
+    replication_delay_s: float = stack.DEMO_REPLICATION_DELAY_S,
     in_every_region: float = 0.05,
     keep: bool = False,
     timeout_s: float = 600,

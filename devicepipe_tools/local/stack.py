@@ -34,6 +34,9 @@ from devicepipe_tools.template import ROOT, load_template
 STATE_DIR = ROOT / ".local"
 DEFAULT_REGIONS = ("us-east-1",)
 DEFAULT_REPLICATION_DELAY_S = 1.0  # "writes replicate in about a second"
+# Local ingest takes seconds where AWS takes milliseconds: the demo stretches the replication delay by about as
+# much, so that writes of both regions still race within it as they would on AWS with about a second.
+DEMO_REPLICATION_DELAY_S = 5.0
 
 
 class StackError(RuntimeError):
