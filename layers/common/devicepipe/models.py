@@ -104,12 +104,12 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
     device_id: Any = obj.get("device_id")
     branch_id: Any = obj.get("branch_id")
-    device = _devices.get(device_id) if type(device_id) is str else None
+    device = _ids.get(device_id) if type(device_id) is str else None
     if device is None:
-        device = _device_attributes(device_id)
-    branch = _branches.get(branch_id) if type(branch_id) is str else None
+        device = _id_attributes("device_id", device_id)
+    branch = _ids.get(branch_id) if type(branch_id) is str else None
     if branch is None:
-        branch = _branch_attribute(branch_id)
+        branch = _id_attributes("branch_id", branch_id)
     ts_value: Any = obj.get("ts")
     if ts_value is None and "ts" not in obj:
         raise InvalidReading("ts: required")
@@ -131,7 +131,7 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         "pk": device[1],
         "sk": {"S": "R#" + version},
         "device_id": device[0],
-        "branch_id": branch,
+        "branch_id": branch[0],
         "ts": {"S": ts},
         "seq": {"N": str(seq)},
         "metrics": _marshal_map(metrics, "metrics", 1),
@@ -148,28 +148,18 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
     return Reading(device_id, branch_id, ts, seq, int(epoch_s), version, attributes)
 
 
-# Identifiers already validated, with their attribute values: a fleet repeats the same few thousand device
-# and branch ids all day. The values are shared between items, so nothing may modify them in place.
-_devices: dict[str, tuple[AttributeValue, AttributeValue]] = {}  # id -> ({"S": id}, {"S": pk})
-_branches: dict[str, AttributeValue] = {}
+# Identifiers (device and branch ids alike) already validated, with their attribute values: a fleet repeats
+# the same few thousand ids all day. The values are shared between items, so nothing may modify them in place.
+_ids: dict[str, tuple[AttributeValue, AttributeValue]] = {}  # id -> ({"S": id}, {"S": "DEVICE#" + id})
 _MAX_CACHED = 100_000
 
 
-def _device_attributes(value: Any) -> tuple[AttributeValue, AttributeValue]:
+def _id_attributes(field: str, value: Any) -> tuple[AttributeValue, AttributeValue]:
     if type(value) is not str or not _ID_RE.match(value):
-        raise InvalidReading(_id_reason("device_id", value))
-    if len(_devices) >= _MAX_CACHED:
-        _devices.clear()
-    found = _devices[value] = ({"S": value}, {"S": "DEVICE#" + value})
-    return found
-
-
-def _branch_attribute(value: Any) -> AttributeValue:
-    if type(value) is not str or not _ID_RE.match(value):
-        raise InvalidReading(_id_reason("branch_id", value))
-    if len(_branches) >= _MAX_CACHED:
-        _branches.clear()
-    found = _branches[value] = {"S": value}
+        raise InvalidReading(_id_reason(field, value))
+    if len(_ids) >= _MAX_CACHED:
+        _ids.clear()
+    found = _ids[value] = ({"S": value}, {"S": device_pk(value)})
     return found
 
 
