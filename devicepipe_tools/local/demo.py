@@ -25,6 +25,7 @@ from devicepipe.models import parse_reading
 from devicepipe.repair import regressions
 from devicepipe.warehouse import BRANCH_REPORT
 from devicepipe_tools.local import stack
+from devicepipe_tools.local.esm import DynamoDBStreamSource, read_all
 from devicepipe_tools.local.loader_worker import build_loader
 from devicepipe_tools.local.resources import RegionResources
 from devicepipe_tools.local.resources import clients as local_clients
@@ -134,7 +135,11 @@ def run_demo(
             result.figures["latest_repair"] = _mapping_figures(stats, "LatestRepairEventSourceMapping")
             result.figures["latest_regressions"] = {
                 r: _latest_regressions(
-                    local_clients(state["endpoint"], r, "dynamodbstreams")["dynamodbstreams"], resources[r]
+                    DynamoDBStreamSource(
+                        local_clients(state["endpoint"], r, "dynamodbstreams")["dynamodbstreams"],
+                        resources[r].stream_arns["ReadingsTable"],
+                        r,
+                    )
                 )
                 for r in regions
             }
@@ -216,18 +221,9 @@ def _produce(
     }
 
 
-def _latest_regressions(streams: Any, res: RegionResources) -> int:
+def _latest_regressions(source: DynamoDBStreamSource) -> int:
     """How often last writer wins moved a LATEST item back in this region (each one repaired since)."""
-    arn = res.stream_arns["ReadingsTable"]
-    count = 0
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
-        iterator = it["ShardIterator"]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            count += sum(1 for record in page["Records"] if regressions([record]))
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return count
+    return sum(1 for record in read_all(source) if regressions([record.event]))
 
 
 def _mapping_figures(stats: dict[str, Any], mapping: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from devicepipe.dynamo import LATEST_CONDITION
 from devicepipe.repair import regressions
 from devicepipe_tools.events import dynamodb_record, reading, table_item
 from devicepipe_tools.local import moto_fixes
+from devicepipe_tools.local.esm import DynamoDBStreamSource, read_all
 from devicepipe_tools.local.replication import Replicator
 from devicepipe_tools.template import create_table_kwargs
 from tests.integration.stack_helpers import wait_for
@@ -57,10 +58,7 @@ def get(client: Any, pk: str, sk: str) -> dict[str, Any] | None:
 
 def stream_records(regions: dict[str, Any], region: str) -> list[dict[str, Any]]:
     client, arn = regions[f"{region}/stream"]
-    shard = client.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    it = client.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    records: list[dict[str, Any]] = client.get_records(ShardIterator=it)["Records"]
-    return records
+    return [record.event for record in read_all(DynamoDBStreamSource(client, arn, region))]
 
 
 def test_a_write_reaches_the_other_region_after_the_delay_and_its_stream_once(regions: dict[str, Any]) -> None:
