@@ -314,9 +314,7 @@ def _local_status(args: argparse.Namespace) -> int:
         )
     if down := down_regions(args.state_dir):
         print(f"  regions down: {', '.join(sorted(down))}")
-    replication = args.state_dir / "replication.json"
-    if replication.exists():
-        r = json.loads(replication.read_text())
+    if r := stack.replication_stats(args.state_dir):
         print(
             f"  replication (delay {r['delay_ms']} ms): {r['replicated']} writes replicated, {r['superseded']} "
             f"superseded by a later write, {r['pending']} pending, {r['held_for_down_regions']} held for regions "

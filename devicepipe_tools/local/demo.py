@@ -109,7 +109,7 @@ def run_demo(
             f"{len(POISON_PILLS)} poison pills"
             + (
                 f", across {', '.join(f'{r} ({len(sent_to[r])})' for r in regions)}"
-                f", {result_in_every(sent_to, regions)} of them to every region"
+                f", {sent_to_every_region(sent_to, regions)} of them to every region"
                 if len(regions) > 1
                 else ""
             )
@@ -131,7 +131,7 @@ def run_demo(
         result.figures["ingest"] = _mapping_figures(stats, "IngestEventSourceMapping")
         result.figures["latency_ms"] = ingest.get("latency_ms", {})
         if len(regions) > 1:
-            result.figures["replication"] = json.loads((state_dir / "replication.json").read_text())
+            result.figures["replication"] = stack.replication_stats(state_dir)
             result.figures["latest_repair"] = _mapping_figures(stats, "LatestRepairEventSourceMapping")
             result.figures["latest_regressions"] = {
                 r: _latest_regressions(
@@ -186,7 +186,7 @@ def split_across_regions(
     return sent_to
 
 
-def result_in_every(sent_to: dict[str, list[dict[str, Any]]], regions: tuple[str, ...]) -> int:
+def sent_to_every_region(sent_to: dict[str, list[dict[str, Any]]], regions: tuple[str, ...]) -> int:
     keys = [{(d["device_id"], d["ts"], d.get("seq")) for d in sent_to[r]} for r in regions]
     return len(set.intersection(*keys))
 
@@ -234,8 +234,8 @@ def _mapping_figures(stats: dict[str, Any], mapping: str) -> dict[str, Any]:
 
 
 def _wait_drained(state_dir: Path, records: dict[str, int], timeout_s: float) -> dict[str, Any]:
-    """Until every record put was handled (done or given up) in its region, every mapping has polled empty
-    and replication has nothing pending, twice in a row (a replicated write wakes the consumers again)."""
+    """Until every record put was handled (done or given up) in its region and the stack has settled (mappings
+    drained, replication idle), three polls in a row."""
     deadline = time.monotonic() + timeout_s
     quiet = 0
     stats: dict[str, Any] = {}
@@ -249,13 +249,8 @@ def _wait_drained(state_dir: Path, records: dict[str, int], timeout_s: float) ->
             )
             for region in records
         }
-        drained = all(s["drained"] for s in stats.values())
-        replication_path = state_dir / "replication.json"
-        if replication_path.exists():
-            replication = json.loads(replication_path.read_text())
-            drained = drained and replication["pending"] == 0 and replication["held_for_down_regions"] == 0
-        settled = drained and all(handled[r] >= n for r, n in records.items())
-        quiet = quiet + 1 if settled else 0
+        done = all(handled[r] >= n for r, n in records.items()) and stack.settled(state_dir)
+        quiet = quiet + 1 if done else 0
         if quiet >= 3:
             return stats
         time.sleep(0.5)

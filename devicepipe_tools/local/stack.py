@@ -154,6 +154,30 @@ def set_region_down(state_dir: Path, region: str, down: bool, timeout_s: float =
     return wanted
 
 
+def replication_path(state_dir: Path = STATE_DIR) -> Path:
+    return state_dir / "replication.json"
+
+
+def replication_stats(state_dir: Path = STATE_DIR) -> dict[str, Any] | None:
+    """The replicator's latest figures (delay, replicated, superseded, pending, held, lag); None with one region."""
+    try:
+        stats: dict[str, Any] = json.loads(replication_path(state_dir).read_text())
+    except FileNotFoundError:
+        return None
+    return stats
+
+
+def settled(state_dir: Path = STATE_DIR) -> bool:
+    """Every mapping has polled its shards empty and, with several regions, replication has nothing queued or
+    held. (A replicated write wakes the consumers up again: callers wait for this twice in a row.)"""
+    if not all(s["drained"] for s in mapping_stats(state_dir).values()):
+        return False
+    if len(read_state(state_dir)["regions"]) == 1:
+        return True
+    replication = replication_stats(state_dir)
+    return replication is not None and replication["pending"] == 0 and replication["held_for_down_regions"] == 0
+
+
 def mapping_stats(state_dir: Path = STATE_DIR) -> dict[str, dict[str, Any]]:
     """Each worker's latest event-source-mapping statistics, by ``<region>/<mapping>``."""
     out = {}
@@ -240,8 +264,8 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
         "ready": False,
     }
     write_json(state_path(state_dir), state)
-    stale_files = ("loader.json", "warehouse.duckdb", "outages.json", "replication.json")
-    for stale in [*state_dir.glob("esm-*.json"), *(state_dir / name for name in stale_files)]:
+    stale_files = ("loader.json", "warehouse.duckdb", "outages.json")
+    for stale in [*state_dir.glob("esm-*.json"), replication_path(state_dir), *(state_dir / n for n in stale_files)]:
         stale.unlink(missing_ok=True)
     workers = []
     for region, res in resources.items():
@@ -304,7 +328,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
                 replicator.set_down(down)
             write_json(state_path(state_dir), {**state, "down": sorted(down)})  # acknowledges `set_region_down`
         if replicator is not None and ticks % 5 == 0:
-            write_json(state_dir / "replication.json", {"updated_at": time.time(), **replicator.snapshot()})
+            write_json(replication_path(state_dir), {"updated_at": time.time(), **replicator.snapshot()})
         ticks += 1
         time.sleep(0.2)
     if replicator is not None:

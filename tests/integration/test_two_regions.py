@@ -62,26 +62,14 @@ def items_of(both: dict[str, Any], region: str, prefix: str) -> dict[tuple[str, 
     return {(i["pk"]["S"], i["sk"]["S"]): i for i in items if i["pk"]["S"].startswith(f"DEVICE#{prefix}")}
 
 
-def settled(both: dict[str, Any]) -> bool:
-    """Replication has nothing queued and every mapping polled empty."""
-    path = both["state_dir"] / "replication.json"
-    replication = json.loads(path.read_text()) if path.exists() else {"pending": 1}
-    mappings = stack.mapping_stats(both["state_dir"]).values()
-    return (
-        replication["pending"] == 0
-        and replication["held_for_down_regions"] == 0
-        and all(m["drained"] for m in mappings)
-    )
-
-
 def wait_settled(both: dict[str, Any], timeout_s: float = 90) -> None:
     """Settled twice, a second apart: a replicated write wakes the consumers up again."""
 
     def twice() -> bool:
-        if not settled(both):
+        if not stack.settled(both["state_dir"]):
             return False
         time.sleep(1.0)
-        return settled(both)
+        return stack.settled(both["state_dir"])
 
     wait_for(twice, timeout_s)
 
@@ -164,7 +152,7 @@ def test_latest_moved_back_by_last_writer_wins_is_repaired_in_both_regions(both:
 
     # When replication delivers eu-west-1's later write to us-east-1 (last writer wins: the older reading),
     # LatestRepairFunction in us-east-1 writes the newer image back, and that write replicates to eu-west-1
-    wait_for(lambda: latest_in(US) == latest_in(EU) == newer["latest_at"] and settled(both), 90)
+    wait_for(lambda: latest_in(US) == latest_in(EU) == newer["latest_at"] and stack.settled(both["state_dir"]), 90)
     repairs = stack.mapping_stats(both["state_dir"])[f"{US}/LatestRepairEventSourceMapping"]
     assert repairs["records_done"] >= 1 and repairs["function_errors"] == 0
     # Then both regions keep the newest reading, with its own origin
@@ -190,7 +178,8 @@ def test_an_outage_of_one_region_loses_nothing_and_it_catches_up_when_back(
         # Then us-east-1 stores every reading while eu-west-1 receives nothing yet
         wait_for(lambda: len(stored_readings(both[US]["dynamodb"], table_name(both), "dev-")) >= 300, 90)
         time.sleep(DELAY_S + 1)
-        held = json.loads((both["state_dir"] / "replication.json").read_text())["held_for_down_regions"]
+        replication = stack.replication_stats(both["state_dir"])
+        held = replication["held_for_down_regions"] if replication else 0
         assert held >= 300
     finally:
         stack.set_region_down(both["state_dir"], EU, False)
