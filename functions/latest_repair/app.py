@@ -44,7 +44,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     result = repair(writer, records)
     metrics.add_metric("LatestRegressions", MetricUnit.Count, result.regressions)
     metrics.add_metric("LatestRepaired", MetricUnit.Count, result.repaired)
-    metrics.add_metric("LatestRepairFailures", MetricUnit.Count, len(result.failed or []))
+    metrics.add_metric("LatestRepairFailures", MetricUnit.Count, len(result.failed))
     if result.regressions:
         logger.info(
             "LATEST regressions repaired",
@@ -53,7 +53,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
                 "regressions": result.regressions,
                 "repaired": result.repaired,
                 "already_newer": result.already_newer,
-                "failed": len(result.failed or []),
+                "failed": len(result.failed),
             },
         )
-    return {"batchItemFailures": [{"itemIdentifier": s} for s in result.failed or []]}
+    return {"batchItemFailures": [{"itemIdentifier": s} for s in result.failed]}

@@ -13,7 +13,7 @@ is refused by the condition and changes nothing, so repairs are idempotent and c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devicepipe.dynamo import DynamoWriter, Item
@@ -38,7 +38,7 @@ class RepairResult:
     regressions: int = 0
     repaired: int = 0
     already_newer: int = 0  # the condition found an equal or newer reading: nothing to do
-    failed: list[str] | None = None  # sequence numbers to report as batchItemFailures
+    failed: list[str] = field(default_factory=list)  # sequence numbers to report as batchItemFailures
 
 
 def regressions(records: Sequence[dict[str, Any]]) -> list[Regression]:
@@ -64,7 +64,7 @@ def repair(writer: DynamoWriter, records: Sequence[dict[str, Any]]) -> RepairRes
     """Write back what the batch's regressions lost; failures name the records to retry."""
     found = regressions(records)
     if not found:
-        return RepairResult(failed=[])
+        return RepairResult()
     written = writer.put_latest([r.restore for r in found])
     # Rejected items cannot happen for an image DynamoDB itself stored; count them as failed, never as done.
     failed = {*written.failed, *written.rejected}
