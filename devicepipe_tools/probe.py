@@ -98,7 +98,7 @@ def probe_replication(
                 pending[sk] = clock()
                 result.sent += 1
         if pending:
-            _poll(target_client, table, pk, pending, result)
+            _poll(target_client, table, pk, pending, result, clock)
             now = clock()
             for sk, acked in list(pending.items()):
                 if now - acked > timeout_s:
@@ -111,9 +111,11 @@ def probe_replication(
     return result
 
 
-def _poll(client: Any, table: str, pk: str, pending: dict[str, float], result: ProbeResult) -> None:
+def _poll(
+    client: Any, table: str, pk: str, pending: dict[str, float], result: ProbeResult, clock: Callable[[], float]
+) -> None:
     keys = [{"pk": {"S": pk}, "sk": {"S": sk}} for sk in list(pending)[:BATCH_GET_LIMIT]]
-    sent = time.monotonic()
+    sent = clock()
     try:
         response = client.batch_get_item(
             RequestItems={
@@ -129,7 +131,7 @@ def _poll(client: Any, table: str, pk: str, pending: dict[str, float], result: P
         result.read_errors += 1
         result.last_read_error = f"{error_code(exc) or type(exc).__name__}: {exc}"
         return
-    received = time.monotonic()
+    received = clock()
     result.read_rtts_s.append(received - sent)
     for item in response.get("Responses", {}).get(table, []):
         acked = pending.pop(item["sk"]["S"], None)
