@@ -118,6 +118,27 @@ def test_poison_pills_are_quarantined_with_reason_and_not_retried(executor: Thre
     assert bucket == "quarantine" and key.startswith("quarantine/stage=ingest/dt=2026-11-18/shardId-000000000000/")
 
 
+def test_integers_beyond_64_bits_are_stored_exactly_and_beyond_38_digits_quarantined(
+    executor: ThreadPoolExecutor,
+) -> None:
+    # Given integers orjson would round to floats (beyond 64 bits, nested too), a real big float, and an
+    # integer of 39 digits (more than DynamoDB keeps)
+    dynamo = FakeDynamo()
+    ingestor, s3 = make(executor, dynamo)
+    docs = [
+        reading("dev-1", "b", 1_793_610_000_000, 1, big=10**20 + 1, nested=[-(2**64) - 3], real=1.5e20),
+        reading("dev-1", "b", 1_793_610_000_000, 2, big=10**38),
+    ]
+    # When ingested
+    report = ingestor.ingest(event_of(docs))
+    # Then the first is stored with every digit and the second quarantined with DynamoDB's limit as the reason
+    assert report.written == 1 and report.quarantined == 1
+    (item,) = stored(dynamo).values()
+    assert item["metrics"] == {"big": 10**20 + 1, "nested": [-(2**64) - 3], "real": 1.5e20}
+    (body,) = s3.objects.values()
+    assert json.loads(body)["reason"] == "metrics.big: integer has more than 38 digits"
+
+
 def test_kpl_aggregated_record_is_split_and_bad_sub_records_quarantined(executor: ThreadPoolExecutor) -> None:
     dynamo = FakeDynamo()
     ingestor, s3 = make(executor, dynamo)

@@ -166,3 +166,19 @@ def test_cached_minute_fast_path_agrees_with_the_full_parse(ts: str) -> None:
     assert "2026-11-02T09:12" in models._utc_minutes
     # Then the fast path gives exactly the same result
     assert outcome() == cold
+
+
+@pytest.mark.parametrize("value", [2.0**63, -(2.0**63), 1.5e20, [1.0, {"deep": 9.9e30}]])
+def test_big_floats_from_a_rounding_parser_are_sent_back_for_an_exact_decode(value: Any) -> None:
+    # Given a float that orjson could have made from an integer literal beyond 64 bits
+    doc = valid(metrics={"x": value})
+    # When the caller says its floats may be rounded integers
+    with pytest.raises(models.InexactNumber):
+        parse_reading(doc, now_s=NOW, exact_floats=False)
+    # Then it is refused as inexact; from an exact parser the same value is stored as it is
+    assert unmarshal(parse_reading(doc, now_s=NOW).attributes["metrics"]) == {"x": value}
+
+
+def test_floats_below_two_to_the_63_are_trusted_from_any_parser() -> None:
+    doc = valid(metrics={"x": 9.2e18, "y": -0.5, "z": 0.0})
+    assert unmarshal(parse_reading(doc, now_s=NOW, exact_floats=False).attributes["metrics"]) == doc["metrics"]

@@ -32,15 +32,16 @@ class DynamoClient(Protocol):
     def put_item(self) -> Callable[..., Any]: ...
 
 
-def reading_item(reading: Reading, *, origin_region: str, ingested_at: str, ttl_days: int) -> Item:
+def reading_item(reading: Reading, origin_region: AttributeValue, ingested_at: AttributeValue, ttl_s: int) -> Item:
     """The reading item: deterministic for a given record, so writing it again changes nothing.
 
-    Completes ``reading.attributes`` in place (the ingest hot path saves a copy per reading).
+    Completes ``reading.attributes`` in place (the ingest hot path saves a copy per reading); the region and
+    arrival time come as attribute values so that a batch can share one of each between its items.
     """
     item = reading.attributes
-    item["origin_region"] = {"S": origin_region}
-    item["ingested_at"] = {"S": ingested_at}
-    item["expires_at"] = {"N": str(reading.epoch_s + ttl_days * 86_400)}
+    item["origin_region"] = origin_region
+    item["ingested_at"] = ingested_at
+    item["expires_at"] = {"N": str(reading.epoch_s + ttl_s)}
     return item
 
 

@@ -24,12 +24,17 @@ SEQ_WIDTH = 19
 MAX_SEQ = 2**63 - 1
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
-_RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z")
+_RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
+#: What follows ``YYYY-MM-DDTHH:MM`` in a UTC time: seconds and an optional fraction.
+_TS_TAIL_RE = re.compile(r":([0-5]\d)(?:\.(\d{1,9}))?Z\Z", re.ASCII)
 _DDB_MAX_N = 9.9999999999999999999999999999999999999e125
 _DDB_MIN_N = 1e-130
 _MAX_INT_DIGITS = 38
 _MAX_INT = 10**_MAX_INT_DIGITS
 _CORE_FIELDS = frozenset(("device_id", "branch_id", "ts", "seq", "metrics"))
+#: orjson reads an integer literal beyond 64 bits as a float, silently rounded: a float this large from it may
+#: be such an integer (see ``parse_reading(exact_floats=False)``).
+_ROUNDING_RISK = 2.0**63
 
 AttributeValue = dict[str, Any]
 
@@ -40,6 +45,10 @@ class InvalidReading(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InexactNumber(InvalidReading):
+    """A float that may be a rounded integer (``exact_floats=False``): decode the record exactly and retry."""
 
 
 @dataclass(slots=True)
@@ -78,7 +87,9 @@ def device_pk(device_id: str) -> str:
 LATEST_SK = "LATEST"
 
 
-def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_400) -> Reading:
+def parse_reading(
+    obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_400, exact_floats: bool = True
+) -> Reading:
     """Validate a decoded JSON value against the reading contract.
 
     Parameters
@@ -89,7 +100,10 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         Current time (epoch seconds); readings later than ``now_s + max_skew_s`` are rejected so that one
         device with a wrong clock cannot pin its LATEST item in the future. Defaults to the clock.
     max_skew_s
-        Allowed clock skew of devices, in seconds.
+        Allowed clock skew of devices, in seconds (checked to the whole second).
+    exact_floats
+        False when ``obj`` comes from orjson, which turns integers beyond 64 bits into rounded floats: a float
+        of magnitude 2^63 or more then raises ``InexactNumber`` rather than be stored with lost digits.
 
     Returns
     -------
@@ -100,33 +114,43 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
     InvalidReading
         With a reason naming the broken rule.
     """
+    # This is the ingest's hot loop (`make bench` holds it to a small multiple of json.loads): the common case
+    # is written out flat, with cache hits tried first and every rarer case sent to a helper.
     if type(obj) is not dict:
         raise InvalidReading(f"not a JSON object: got {_json_type(obj)}")
-    device_id: Any = obj.get("device_id")
-    branch_id: Any = obj.get("branch_id")
-    device = _ids.get(device_id) if type(device_id) is str else None
-    if device is None:
+    get = obj.get
+    device_id: Any = get("device_id")
+    branch_id: Any = get("branch_id")
+    try:
+        device = _ids[device_id]
+        branch = _ids[branch_id]
+    except (KeyError, TypeError):  # not seen yet (or not a string at all): validate
         device = _id_attributes("device_id", device_id)
-    branch = _ids.get(branch_id) if type(branch_id) is str else None
-    if branch is None:
         branch = _id_attributes("branch_id", branch_id)
-    ts_value: Any = obj.get("ts")
-    if ts_value is None and "ts" not in obj:
-        raise InvalidReading("ts: required")
-    # Fast path (inlined: this is the hot loop of the ingest): a UTC time in a minute already validated.
-    minute = _utc_minutes.get(ts_value[:16]) if type(ts_value) is str else None
-    parsed = None if minute is None else _parse_utc_in_minute(ts_value, minute)
-    ts, epoch_s = parsed or _parse_ts(ts_value)
+    ts_value: Any = get("ts")
+    try:  # a UTC time in a minute already validated: only the seconds and fraction are left to check
+        minute = _utc_minutes[ts_value[:16]]
+        tail = _TS_TAIL_RE.match(ts_value, 16)
+    except (KeyError, TypeError):
+        tail = None
+    if tail is None:
+        if ts_value is None and "ts" not in obj:
+            raise InvalidReading("ts: required")
+        ts, epoch_s = _parse_ts(ts_value)
+    else:
+        fraction = tail[2]
+        ts = ts_value[:19] + ("." + (fraction + "000000")[:6] + "Z" if fraction else ".000000Z")
+        epoch_s = minute + int(tail[1])
     if epoch_s > (time.time() if now_s is None else now_s) + max_skew_s:
         raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
-    seq = obj.get("seq", 0)
+    seq = get("seq", 0)
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         raise InvalidReading("seq: must be an integer from 0 to 2^63-1")
-    metrics = obj.get("metrics")
+    metrics = get("metrics")
     if type(metrics) is not dict:
         got = "required" if metrics is None else f"must be an object, got {_json_type(metrics)}"
         raise InvalidReading(f"metrics: {got}")
-    version = f"{ts}#{seq:0{SEQ_WIDTH}d}"
+    version = ts + "#" + str(seq).zfill(SEQ_WIDTH)
     attributes: dict[str, AttributeValue] = {
         "pk": device[1],
         "sk": {"S": "R#" + version},
@@ -134,7 +158,7 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
         "branch_id": branch[0],
         "ts": {"S": ts},
         "seq": {"N": str(seq)},
-        "metrics": _marshal_map(metrics, "metrics", 1),
+        "metrics": _marshal_map(metrics, "metrics", 1, exact_floats),
     }
     if len(obj) > (5 if "seq" in obj else 4):  # only readings with extra fields pay for this loop
         for name, value in obj.items():
@@ -144,8 +168,8 @@ def parse_reading(obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_
                 raise InvalidReading(f"{name}: reserved field name")
             if not name:
                 raise InvalidReading("empty field name")
-            attributes[name] = _marshal(value, name, 1)
-    return Reading(device_id, branch_id, ts, seq, int(epoch_s), version, attributes)
+            attributes[name] = {"S": value} if type(value) is str else _marshal(value, name, 1, exact_floats)
+    return Reading(device_id, branch_id, ts, seq, epoch_s, version, attributes)
 
 
 # Identifiers (device and branch ids alike) already validated, with their attribute values: a fleet repeats
@@ -163,12 +187,12 @@ def _id_attributes(field: str, value: Any) -> tuple[AttributeValue, AttributeVal
     return found
 
 
-def _parse_ts(value: Any) -> tuple[str, float]:
-    """Event time as (canonical text, epoch seconds), from RFC 3339 text with a zone or from epoch ms."""
+def _parse_ts(value: Any) -> tuple[str, int]:
+    """Event time as (canonical text, whole epoch seconds), from RFC 3339 text with a zone or from epoch ms."""
     if type(value) is int:
         if value < MIN_TS_MS:
             raise InvalidReading("ts: epoch milliseconds before 2000-01-01 (seconds sent as milliseconds?)")
-        return _format_us(value * 1000), value / 1000
+        return _format_us(value * 1000), value // 1000
     if type(value) is str:  # (UTC times of a minute already seen took the fast path in parse_reading)
         if not _RFC3339_RE.match(value):
             raise InvalidReading("ts: not RFC 3339 with a zone (e.g. 2026-01-31T12:00:00.123Z) nor epoch ms")
@@ -176,13 +200,13 @@ def _parse_ts(value: Any) -> tuple[str, float]:
             parsed = datetime.fromisoformat(value.upper())
         except ValueError:
             raise InvalidReading("ts: not a valid date and time") from None
-        epoch_s = parsed.timestamp()
-        if epoch_s < MIN_TS_MS / 1000:
+        epoch_s = int(parsed.timestamp())
+        if epoch_s < MIN_TS_MS // 1000:
             raise InvalidReading("ts: before 2000-01-01")
         if value[-1] == "Z" and value[10] == "T":
             if len(_utc_minutes) >= _MAX_CACHED:
                 _utc_minutes.clear()
-            _utc_minutes[value[:16]] = int(epoch_s) - parsed.second
+            _utc_minutes[value[:16]] = epoch_s - parsed.second
             return f"{value[:19]}.{(value[20:-1] + '000000')[:6]}Z", epoch_s
         return _format_us((parsed - _EPOCH) // _ONE_US), epoch_s
     raise InvalidReading(f"ts: must be RFC 3339 text or epoch milliseconds, got {_json_type(value)}")
@@ -191,23 +215,6 @@ def _parse_ts(value: Any) -> tuple[str, float]:
 # Minutes ("YYYY-MM-DDTHH:MM" -> epoch seconds) of UTC "...Z" timestamps already validated. Devices send
 # UTC and a batch spans a few minutes, so most timestamps skip the regex and the datetime parse.
 _utc_minutes: dict[str, int] = {}
-
-
-def _parse_utc_in_minute(value: str, minute_epoch: int) -> tuple[str, float] | None:
-    """``YYYY-MM-DDTHH:MM`` + ``:SS[.fraction]Z`` for a known minute; None sends it to the full parse."""
-    seconds, fraction = value[17:19], value[20:-1]
-    if (
-        value[16] != ":"
-        or value[-1] != "Z"
-        or not (seconds.isascii() and seconds.isdigit() and seconds < "60")
-        or not (
-            len(value) == 20
-            or (value[19] == "." and 1 <= len(fraction) <= 9 and fraction.isascii() and fraction.isdigit())
-        )
-    ):
-        return None
-    micros = (fraction + "000000")[:6]
-    return f"{value[:19]}.{micros}Z", minute_epoch + int(seconds) + int(micros) / 1_000_000
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -223,7 +230,7 @@ def _format_us(epoch_us: int) -> str:
         # Readings of a batch cluster within a few seconds: format the date and time once per second.
         t = time.gmtime(secs)
         cached = _last_second = (secs, f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}.")
-    return f"{cached[1]}{micros:06d}Z"
+    return cached[1] + str(micros).zfill(6) + "Z"  # (zfill: twice as fast as a format spec)
 
 
 def format_epoch_s(epoch_s: float) -> str:
@@ -231,7 +238,7 @@ def format_epoch_s(epoch_s: float) -> str:
     return _format_us(round(epoch_s * 1_000_000))
 
 
-def _marshal(value: Any, path: str, depth: int) -> AttributeValue:
+def _marshal(value: Any, path: str, depth: int, exact_floats: bool) -> AttributeValue:
     """One JSON value as a DynamoDB attribute value, refusing what DynamoDB would reject for the whole batch."""
     t = type(value)
     if t is str:
@@ -245,13 +252,15 @@ def _marshal(value: Any, path: str, depth: int) -> AttributeValue:
     if t is float:
         if not math.isfinite(value) or (value and not _DDB_MIN_N <= abs(value) <= _DDB_MAX_N):
             raise InvalidReading(f"{path}: number outside DynamoDB's range")
+        if not exact_floats and abs(value) >= _ROUNDING_RISK:
+            raise InexactNumber(f"{path}: number may have been rounded by the JSON parser")
         return {"N": repr(value)}
     if t is dict:
-        return _marshal_map(value, path, depth)
+        return _marshal_map(value, path, depth, exact_floats)
     if t is list:
         if depth >= MAX_DEPTH:
             raise InvalidReading(f"{path}: nested deeper than {MAX_DEPTH} levels")
-        return {"L": [_marshal(v, path, depth + 1) for v in value]}
+        return {"L": [_marshal(v, path, depth + 1, exact_floats) for v in value]}
     if value is None:
         return {"NULL": True}
     raise InvalidReading(f"{path}: unsupported value type {t.__name__}")
@@ -261,8 +270,9 @@ def _marshal_map(
     value: dict[str, Any],
     path: str,
     depth: int,
+    exact_floats: bool,
     _lo: float = _DDB_MIN_N,
-    _hi: float = _DDB_MAX_N,
+    _hi: float = _ROUNDING_RISK,
     _max_int: int = _MAX_INT,
 ) -> AttributeValue:
     # Constants bound as defaults (locals, not globals): this loop is the hot path of the whole ingest.
@@ -273,15 +283,15 @@ def _marshal_map(
     out: dict[str, AttributeValue] = {}
     for k, v in value.items():
         tv = type(v)
-        # Common leaves inline; NaN and infinities fail the range test and take the slow path, which refuses them.
-        if tv is float and (not v or _lo <= abs(v) <= _hi):
+        # Common leaves inline; NaN, infinities and big floats take the slow path, which refuses or checks them.
+        if tv is float and (not v or _lo <= abs(v) < _hi):
             out[k] = {"N": repr(v)}
         elif tv is str:
             out[k] = {"S": v}
         elif tv is int and -_max_int < v < _max_int:
             out[k] = {"N": str(v)}
         else:
-            out[k] = _marshal(v, f"{path}.{k}", depth + 1)
+            out[k] = _marshal(v, f"{path}.{k}", depth + 1, exact_floats)
     return {"M": out}
 
 
