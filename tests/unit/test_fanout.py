@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from devicepipe.fanout import fan_out
+from devicepipe.fanout import drain, fan_out, lanes_for
 
 
 def test_results_come_back_in_input_order() -> None:
@@ -60,3 +62,53 @@ def test_the_fewest_lanes_that_keep_the_number_of_rounds() -> None:
         pool.submitted = 0
         fan_out(pool, 32, lambda x: x, list(range(40)))  # 2 rounds: 20 lanes
         assert pool.submitted == 20 - 1
+
+
+@pytest.mark.parametrize(("calls", "lanes"), [(0, 0), (1, 1), (32, 32), (33, 17), (100, 25), (140, 28)])
+def test_lanes_for_keeps_the_rounds_of_max_lanes(calls: int, lanes: int) -> None:
+    assert lanes_for(calls, 32) == lanes
+
+
+def test_drain_runs_every_task_including_those_added_by_tasks() -> None:
+    # Given 30 tasks, each of the first ten adding a follow-up task
+    done: list[str] = []
+    tasks: deque[Callable[[], None]] = deque()
+
+    def task(name: str, then: str | None) -> Callable[[], None]:
+        def run() -> None:
+            time.sleep(0.001)
+            done.append(name)
+            if then:
+                tasks.append(task(then, None))
+
+        return run
+
+    tasks.extend(task(f"t{i}", f"follow-{i}" if i < 10 else None) for i in range(30))
+    # When drained on 4 lanes
+    with ThreadPoolExecutor(8) as pool:
+        drain(pool, 4, tasks)
+    # Then all 40 ran exactly once, each follow-up after its parent
+    assert sorted(done) == sorted([f"t{i}" for i in range(30)] + [f"follow-{i}" for i in range(10)])
+    assert all(done.index(f"t{i}") < done.index(f"follow-{i}") for i in range(10))
+
+
+def test_drain_bounds_concurrency_and_surfaces_errors() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def call() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.005)
+        with lock:
+            running -= 1
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with ThreadPoolExecutor(16) as pool:
+        drain(pool, 3, deque([call] * 12))
+        with pytest.raises(RuntimeError, match="boom"):
+            drain(pool, 3, deque([call, call, boom, call]))
+    assert peak == 3

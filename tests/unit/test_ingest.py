@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,7 +20,7 @@ from devicepipe.kpl import SubRecord, aggregate
 from devicepipe.models import unmarshal_item
 from devicepipe.retry import Backoff, Retrier
 from devicepipe_tools.events import encode, kinesis_event, reading
-from devicepipe_tools.fakes import FakeDynamo, FakeS3, FaultyDynamo
+from devicepipe_tools.fakes import FakeDynamo, FakeS3, FaultyDynamo, client_error
 
 SETTINGS = IngestSettings(table_name="readings", quarantine_bucket="quarantine", region="us-east-1")
 
@@ -206,6 +209,73 @@ def test_only_the_chunk_that_failed_is_reported(executor: ThreadPoolExecutor) ->
     assert len(stored(fake, "LATEST")) == 25
 
 
+class ChunkTracing(FakeDynamo):
+    """Slow calls, traced: when each BatchWriteItem ended and each LATEST put started; can throttle chosen items."""
+
+    def __init__(self, throttle_sk: str | None = None) -> None:
+        super().__init__(latency_s=0.002)
+        self.throttle_sk = throttle_sk
+        self.trace: list[tuple[str, set[str]]] = []  # ("written" | "latest", devices)
+        self.trace_lock = threading.Lock()
+
+    def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
+        ((_, requests),) = kwargs["RequestItems"].items()
+        items = [r["PutRequest"]["Item"] for r in requests]
+        if any(i["sk"]["S"] == self.throttle_sk for i in items):
+            raise client_error("ProvisionedThroughputExceededException", "BatchWriteItem")
+        response = super().batch_write_item(**kwargs)
+        with self.trace_lock:
+            self.trace.append(("written", {i["device_id"]["S"] for i in items}))
+        return response
+
+    def put_item(self, **kwargs: Any) -> dict[str, Any]:
+        with self.trace_lock:
+            self.trace.append(("latest", {kwargs["Item"]["device_id"]["S"]}))
+        time.sleep(0.002)
+        return super().put_item(**kwargs)
+
+
+def test_each_latest_is_put_only_after_every_chunk_holding_its_device(executor: ThreadPoolExecutor) -> None:
+    # Given 7 devices with 1 to 40 readings each, interleaved in the batch (chunks hold several devices, and
+    # some devices span chunks)
+    dynamo = ChunkTracing()
+    ingestor, _ = make(executor, dynamo)
+    counts = {f"dev-{d}": 1 + d * 6 for d in range(7)}
+    docs = [
+        reading(device, "br", 1_793_610_000_000 + i, i)
+        for i in range(max(counts.values()))
+        for device, n in counts.items()
+        if i < n
+    ]
+    # When ingested with slow calls
+    report = ingestor.ingest(event_of(docs))
+    # Then every reading and LATEST is written, in the floor of calls
+    assert report.written == len(docs) == sum(counts.values()) and report.latest_updated == 7
+    assert report.dynamodb_calls == math.ceil(len(docs) / 25) + 7
+    # And no device's LATEST put started before the last chunk holding its readings had been written
+    for device in counts:
+        chunks = [k for k, (kind, devices) in enumerate(dynamo.trace) if kind == "written" and device in devices]
+        (put,) = [k for k, (kind, devices) in enumerate(dynamo.trace) if kind == "latest" and device in devices]
+        assert chunks and max(chunks) < put, device
+    assert {d: stored(dynamo, "LATEST")[(f"DEVICE#{d}", "LATEST")]["seq"] for d in counts} == {
+        d: n - 1 for d, n in counts.items()
+    }
+
+
+def test_latest_comes_from_the_newest_reading_stored_when_a_later_chunk_failed(executor: ThreadPoolExecutor) -> None:
+    # Given one device with 30 readings (two chunks) whose second chunk, holding its newest, keeps failing
+    docs = [reading("dev-1", "br", 1_793_610_000_000 + i, i) for i in range(30)]
+    dynamo = ChunkTracing(throttle_sk="R#2026-11-02T09:00:00.029000Z#0000000000000000029")
+    ingestor, _ = make(executor, dynamo, attempts=2)
+    records = event_of(docs)
+    # When ingested
+    report = ingestor.ingest(records)
+    # Then the second chunk's records are left for Lambda, and LATEST holds the newest reading that was stored
+    assert report.written == 25 and report.latest_updated == 1
+    assert report.failed_sequence_numbers == [r["kinesis"]["sequenceNumber"] for r in records[25:]]
+    assert stored(dynamo, "LATEST")[("DEVICE#dev-1", "LATEST")]["seq"] == 24
+
+
 def test_failed_quarantine_write_is_retried_not_lost(executor: ThreadPoolExecutor) -> None:
     dynamo = FakeDynamo()
     ingestor, _ = make(executor, dynamo, s3=FakeS3(fail_calls=100), attempts=2)
@@ -249,3 +319,30 @@ def test_replayed_batch_changes_nothing(executor: ThreadPoolExecutor) -> None:
     report = ingestor.ingest(records)
     assert dynamo.items == before
     assert report.latest_stale == 10 and report.latest_updated == 0
+
+
+def test_the_collector_is_paused_during_a_batch_and_restored_after(executor: ThreadPoolExecutor) -> None:
+    # Given an ingest whose DynamoDB reports whether the collector runs while the batch is written
+    seen: list[bool] = []
+
+    class Observing(FakeDynamo):
+        def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
+            seen.append(gc.isenabled())
+            return super().batch_write_item(**kwargs)
+
+    ingestor, _ = make(executor, Observing())
+    # When batches run one at a time, concurrently, and with the collector already off
+    assert gc.isenabled()
+    ingestor.ingest(event_of(readings(30)))
+    with ThreadPoolExecutor(4) as batches:
+        list(batches.map(lambda n: ingestor.ingest(event_of(readings(n))), [40, 60, 80, 100]))
+    after_concurrent = gc.isenabled()
+    gc.disable()
+    try:
+        ingestor.ingest(event_of(readings(5)))
+        stays_off = not gc.isenabled()
+    finally:
+        gc.enable()
+    # Then it was off while writing, and back as it was after every batch
+    assert seen and not any(seen)
+    assert after_concurrent and stays_off

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def lanes_for(calls: int, max_lanes: int) -> int:
+    """As many rounds of calls as ``max_lanes`` threads need, but with the fewest threads that need no more.
+
+    100 calls on 32 lanes take 4 rounds either way, so 25 lanes: every lane saved is a thread hand-off saved
+    (tens of microseconds of CPU each).
+    """
+    if calls <= 0:
+        return 0
+    rounds = -(-calls // max(1, max_lanes))
+    return -(-calls // rounds)
 
 
 def fan_out(executor: Executor, lanes: int, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -17,12 +30,7 @@ def fan_out(executor: Executor, lanes: int, fn: Callable[[T], R], items: Sequenc
     thread costs tens of microseconds of CPU, which per-item tasks would pay ~140 times per ingest batch.
     """
     n = len(items)
-    if n == 0:
-        return []
-    # As many rounds as `lanes` threads need, but with the fewest threads that still need no more rounds
-    # (100 items on 32 lanes: 4 rounds either way, so 25 lanes): every lane saved is a hand-off saved.
-    rounds = -(-n // max(1, lanes))
-    lanes = -(-n // rounds)
+    lanes = lanes_for(n, lanes)
     if lanes <= 1:
         return [fn(x) for x in items]
 
@@ -35,3 +43,27 @@ def fan_out(executor: Executor, lanes: int, fn: Callable[[T], R], items: Sequenc
     for k, future in enumerate(futures, start=1):
         out[k::lanes] = future.result()
     return out
+
+
+def drain(executor: Executor, lanes: int, tasks: deque[Callable[[], None]]) -> None:
+    """Run ``tasks`` on at most ``lanes`` threads until the queue is empty; a task may append more tasks.
+
+    Lanes take tasks from the left; a lane ends when it finds the queue empty, and a task appended by a running
+    task is always taken, at the latest by the lane that appended it. The caller works one lane itself.
+    Errors propagate (the other lanes finish their queue first).
+    """
+
+    def lane() -> None:
+        while True:
+            try:
+                task = tasks.popleft()
+            except IndexError:
+                return
+            task()
+
+    futures = [executor.submit(lane) for _ in range(lanes - 1)]
+    try:
+        lane()
+    finally:
+        for future in futures:
+            future.result()
