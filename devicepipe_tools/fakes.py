@@ -43,15 +43,13 @@ class FakeDynamo:
         self._call("BatchWriteItem")
         if len(requests) > 25:
             raise client_error("ValidationException", "BatchWriteItem", message="more than 25 requests")
-        items = [r["PutRequest"]["Item"] for r in requests]
-        keys = [(i["pk"]["S"], i["sk"]["S"]) for i in items]
-        if len(set(keys)) != len(keys):
+        by_key = {(i["pk"]["S"], i["sk"]["S"]): i for i in [r["PutRequest"]["Item"] for r in requests]}
+        if len(by_key) != len(requests):
             raise client_error("ValidationException", "BatchWriteItem", message="duplicate keys in one batch")
-        if self.reject and any(self.reject(i) for i in items):
+        if self.reject and any(self.reject(i) for i in by_key.values()):
             raise client_error("ValidationException", "BatchWriteItem", message="item refused")
         with self._lock:
-            for key, item in zip(keys, items, strict=True):
-                self.items[key] = item
+            self.items.update(by_key)
         return {"UnprocessedItems": {}}
 
     def put_item(self, **kwargs: Any) -> dict[str, Any]:

@@ -27,6 +27,9 @@ _ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII)
 #: What follows ``YYYY-MM-DDTHH:MM`` in a UTC time: seconds and an optional fraction.
 _TS_TAIL_RE = re.compile(r":([0-5]\d)(?:\.(\d{1,9}))?Z\Z", re.ASCII)
+#: Length of such a time -> what replaces its "Z" to give six fraction digits (lookups: cheaper than int()).
+_FRACTION_PADDING = {20: ".000000Z", 22: "00000Z", 23: "0000Z", 24: "000Z", 25: "00Z", 26: "0Z", 27: "Z"}
+_SECONDS = {f"{s:02d}": s for s in range(60)}
 _DDB_MAX_N = 9.9999999999999999999999999999999999999e125
 _DDB_MIN_N = 1e-130
 _MAX_INT_DIGITS = 38
@@ -138,9 +141,9 @@ def parse_reading(
             raise InvalidReading("ts: required")
         ts, epoch_s = _parse_ts(ts_value)
     else:
-        fraction = tail[2]
-        ts = ts_value[:19] + ("." + (fraction + "000000")[:6] + "Z" if fraction else ".000000Z")
-        epoch_s = minute + int(tail[1])
+        length = len(ts_value)  # pads or cuts the fraction to microseconds
+        ts = ts_value[:-1] + _FRACTION_PADDING[length] if length <= 27 else ts_value[:26] + "Z"
+        epoch_s = minute + _SECONDS[tail[1]]
     if epoch_s > (time.time() if now_s is None else now_s) + max_skew_s:
         raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
     seq = get("seq", 0)
