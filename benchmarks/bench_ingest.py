@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +33,11 @@ from tests.conftest import FakeLambdaContext
 RECORDS = 1_000
 DEVICES = 100
 LATENCY_S = 0.008
-# Best of this many alternating runs of floor and handler (about 2 s): the handler keeps ~3 MB of items alive,
-# so a busy neighbour on this shared host slows it more than the floor, and 25 runs (0.5 s) could fall
-# entirely within such a spell (ratios 2.8-3.05x, against 2.80-2.84x with 100).
-CPU_RUNS = 100
+# The CPU ratio is the best of alternating runs of floor and handler over this long. The handler keeps ~3 MB
+# of items alive, so busy spells of this shared host's neighbours (10-20 s each) slow it by up to 30% while
+# the floor hardly moves: a 2 s sample can fall wholly inside one. The spread per window is printed too.
+CPU_SECONDS = 20.0
+CPU_WINDOW_S = 2.0
 SETTINGS = IngestSettings(table_name="readings", quarantine_bucket="quarantine", region="us-east-1")
 
 
@@ -73,6 +75,21 @@ def interleaved(runs: int, baseline: Callable[[], object], subject: Callable[[],
             fn()
             best[i] = min(best[i], time.process_time() - start)
     return best[0], best[1]
+
+
+def windowed(
+    seconds: float, window_s: float, baseline: Callable[[], object], subject: Callable[[], object]
+) -> tuple[float, float, list[float]]:
+    """``interleaved`` for ``seconds``: the best CPU time of each, and the ratio of the bests in each window."""
+    best: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        window = int(elapsed // window_s)
+        if window == len(best):
+            best.append((math.inf, math.inf))
+        pair = interleaved(1, baseline, subject)
+        best[window] = (min(best[window][0], pair[0]), min(best[window][1], pair[1]))
+    return min(b for b, _ in best), min(s for _, s in best), [s / b for b, s in best]
 
 
 def floor(event: dict[str, Any]) -> None:
@@ -125,11 +142,15 @@ def main() -> list[tuple[str, float, float, bool]]:
         fast = build_ingestor(SETTINGS, FakeDynamo(), FakeS3(), pool, retrier)
         run = handler_with(fast, event)
         run()  # warm-up: imports, thread start-up
-        floor_s, cpu_s = interleaved(CPU_RUNS, lambda: floor(event), run)
+        floor_s, cpu_s, windows = windowed(CPU_SECONDS, CPU_WINDOW_S, lambda: floor(event), run)
         ratio = cpu_s / floor_s
         print(
             f"  cpu per record: {cpu_s / RECORDS * 1e6:7.2f} us   floor (b64 + json) {floor_s / RECORDS * 1e6:5.2f} us"
             f"   ratio {ratio:4.2f}x  (target <= 3x)"
+        )
+        print(
+            f"    best of each over {CPU_SECONDS:.0f} s; per {CPU_WINDOW_S:.0f} s window: median"
+            f" {statistics.median(windows):4.2f}x, worst {max(windows):4.2f}x (busy spells of the host)"
         )
         rows.append(("ingest cpu/record vs decode floor", ratio, 3.0, ratio <= 3.0))
 
