@@ -73,7 +73,7 @@ def table_item(
 ) -> dict[str, Any]:
     """The plain item IngestFunction writes for a reading (its LATEST item with ``latest``)."""
     r = parse_reading(doc, now_s=arrival_s)
-    item = reading_item(r, {"S": origin_region}, {"S": format_epoch_s(arrival_s)}, 90 * 86_400)
+    item = reading_item(r.attributes, r.epoch_s, {"S": origin_region}, {"S": format_epoch_s(arrival_s)}, 90 * 86_400)
     return unmarshal_item(latest_item(r) if latest else item)
 
 

@@ -140,7 +140,7 @@ def test_cache_aside_reads_fall_back_to_dynamodb_then_hit(template: dict[str, An
         ddb.create_table(**create_table_kwargs(template, "ReadingsTable", "t"))
         for device, ts in (("a", "2026-11-02T09:00:00Z"), ("b", "2026-11-02T10:00:00Z")):
             r = parse_reading(reading(device, "br-7", ts, 1), now_s=1_795_000_000)
-            reading_item(r, {"S": "us-east-1"}, {"S": "x"}, 90 * 86_400)
+            reading_item(r.attributes, r.epoch_s, {"S": "us-east-1"}, {"S": "x"}, 90 * 86_400)
             ddb.put_item(TableName="t", Item=latest_item(r))
         reader = CacheReader(writer, ddb, "t", on_lookup=lambda kind, hit: lookups.append((kind, hit)))
         try:

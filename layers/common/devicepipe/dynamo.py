@@ -35,17 +35,19 @@ class DynamoClient(Protocol):
     def put_item(self) -> Callable[..., Any]: ...
 
 
-def reading_item(reading: Reading, origin_region: AttributeValue, ingested_at: AttributeValue, ttl_s: int) -> Item:
-    """The reading item: deterministic for a given record, so writing it again changes nothing.
+def reading_item(
+    attributes: Item, epoch_s: int, origin_region: AttributeValue, ingested_at: AttributeValue, ttl_s: int
+) -> Item:
+    """The reading item from a reading's ``attributes`` and event time: deterministic for a given record, so
+    writing it again changes nothing.
 
-    Completes ``reading.attributes`` in place (the ingest hot path saves a copy per reading); the region and
-    arrival time come as attribute values so that a batch can share one of each between its items.
+    Completes ``attributes`` in place (the ingest hot path saves a copy per reading); the region and arrival
+    time come as attribute values so that a batch can share one of each between its items.
     """
-    item = reading.attributes
-    item["origin_region"] = origin_region
-    item["ingested_at"] = ingested_at
-    item["expires_at"] = {"N": str(reading.epoch_s + ttl_s)}
-    return item
+    attributes["origin_region"] = origin_region
+    attributes["ingested_at"] = ingested_at
+    attributes["expires_at"] = {"N": str(epoch_s + ttl_s)}
+    return attributes
 
 
 def latest_item(reading: Reading) -> Item:

@@ -24,7 +24,7 @@ import orjson
 from devicepipe.config import IngestSettings
 from devicepipe.dynamo import DynamoClient, DynamoWriter, Item, WriteResult, latest_item, reading_item
 from devicepipe.kpl import AggregationError, deaggregate, is_aggregated
-from devicepipe.models import AttributeValue, InvalidReading, Reading, format_epoch_s, parse_reading
+from devicepipe.models import AttributeValue, InvalidReading, Reading, ReadingFields, format_epoch_s, reading_fields
 from devicepipe.observability import logger
 from devicepipe.quarantine import QuarantineEntry, S3Client, S3Quarantine
 from devicepipe.retry import Retrier
@@ -139,7 +139,7 @@ class Ingestor:
         report = IngestReport(records=len(records))
         rejected: list[tuple[int, int | None, bytes, str]] = []  # (record index, sub-index, bytes, reason)
         # (device, version) -> (reading, record index, sub-index): identical readings become one write.
-        unique: dict[tuple[str, str], tuple[Reading, int, int | None]] = {}
+        unique: dict[tuple[str, str], tuple[ReadingFields, int, int | None]] = {}
         duplicated_in: dict[tuple[str, str], list[int]] = {}  # key -> every record index that carried it
         now_s = self.clock()
         settings = self.settings
@@ -170,27 +170,26 @@ class Ingestor:
                     rejected.append((index, None, data, str(exc)))
                     continue
             for sub_index, payload in subs:
-                try:  # the common case, with orjson; anything unusual is looked at again by _parse
-                    reading = (
-                        parse_reading(loads(payload), now_s=now_s, max_skew_s=max_skew_s, exact_floats=False)
-                        if len(payload) <= max_bytes
-                        else None
+                try:  # the common case, with orjson (False: its floats may be rounded integers); the rest: _parse
+                    fields = (
+                        reading_fields(loads(payload), now_s, max_skew_s, False) if len(payload) <= max_bytes else None
                     )
                 except (orjson.JSONDecodeError, InvalidReading):
-                    reading = None
-                if reading is None:
+                    fields = None
+                if fields is None:
                     outcome = self._parse(payload, now_s)
                     if type(outcome) is str:
                         rejected.append((index, sub_index, payload, outcome))
                         continue
-                    reading = cast(Reading, outcome)
-                reading_item(reading, region, ingested_at, ttl_s)
-                key = (reading.device_id, reading.version)
+                    fields = cast(ReadingFields, outcome)
+                device_id, _, _, _, epoch_s, version, attributes = fields
+                reading_item(attributes, epoch_s, region, ingested_at, ttl_s)
+                key = (device_id, version)
                 previous = unique.get(key)
                 if previous is not None:
                     # Same key twice in a batch: the later record wins, as it would in sequence.
                     duplicated_in.setdefault(key, [previous[1]]).append(index)
-                unique[key] = (reading, index, sub_index)
+                unique[key] = (fields, index, sub_index)
         report.user_records = len(unique) + len(rejected) + sum(len(v) - 1 for v in duplicated_in.values())
         report.readings = len(unique)
         report.duplicates = report.user_records - len(unique) - len(rejected)
@@ -225,7 +224,7 @@ class Ingestor:
             )
         return report
 
-    def _parse(self, payload: bytes, now_s: float) -> Reading | str:
+    def _parse(self, payload: bytes, now_s: float) -> ReadingFields | str:
         """The slow path for a record the fast one refused: the reading, or why the record is refused.
 
         Decodes with the standard parser, which reads every number exactly (orjson rounds integers beyond
@@ -242,7 +241,7 @@ class Ingestor:
         except RecursionError:
             return "invalid JSON: nested too deeply"
         try:
-            return parse_reading(obj, now_s=now_s, max_skew_s=self.settings.max_clock_skew_s)
+            return reading_fields(obj, now_s, self.settings.max_clock_skew_s, True)
         except InvalidReading as exc:
             return exc.reason
 
@@ -283,7 +282,7 @@ class Ingestor:
 
     def _write(
         self,
-        entries: list[tuple[tuple[str, str], tuple[Reading, int, int | None]]],
+        entries: list[tuple[tuple[str, str], tuple[ReadingFields, int, int | None]]],
         duplicated_in: dict[tuple[str, str], list[int]],
         report: IngestReport,
         failed: dict[int, str],
@@ -307,10 +306,10 @@ class Ingestor:
                 if entries[i][0][1] > entries[newest][0][1]:
                     newest = i
             chosen[group] = newest
-            return latest_item(entries[newest][1][0])
+            return latest_item(Reading(*entries[newest][1][0]))
 
         written, latest = self.writer.write_with_latest(
-            [reading.attributes for _, (reading, _, _) in entries], list(by_device.values()), latest_for
+            [fields[6] for _, (fields, _, _) in entries], list(by_device.values()), latest_for
         )
         report.retries += written.retries + latest.retries
         report.dynamodb_calls += written.calls + latest.calls

@@ -117,6 +117,18 @@ def parse_reading(
     InvalidReading
         With a reason naming the broken rule.
     """
+    return Reading(*reading_fields(obj, time.time() if now_s is None else now_s, max_skew_s, exact_floats))
+
+
+#: ``Reading``'s fields in order, as ``reading_fields`` returns them.
+ReadingFields = tuple[str, str, str, int, int, str, dict[str, AttributeValue]]
+
+
+def reading_fields(obj: Any, now_s: float, max_skew_s: int, exact_floats: bool) -> ReadingFields:
+    """``parse_reading`` for the ingest's hot loop: the same rules, with ``Reading``'s fields as a tuple.
+
+    Building the dataclass and passing keywords cost 0.25 us per reading, 1.5% of the ingest's CPU.
+    """
     # This is the ingest's hot loop (`make bench` holds it to a small multiple of json.loads): the common case
     # is written out flat, with cache hits tried first and every rarer case sent to a helper.
     if type(obj) is not dict:
@@ -144,7 +156,7 @@ def parse_reading(
         length = len(ts_value)  # pads or cuts the fraction to microseconds
         ts = ts_value[:-1] + _FRACTION_PADDING[length] if length <= 27 else ts_value[:26] + "Z"
         epoch_s = minute + _SECONDS[tail[1]]
-    if epoch_s > (time.time() if now_s is None else now_s) + max_skew_s:
+    if epoch_s > now_s + max_skew_s:
         raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
     seq = get("seq", 0)
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
@@ -172,7 +184,7 @@ def parse_reading(
             if not name:
                 raise InvalidReading("empty field name")
             attributes[name] = {"S": value} if type(value) is str else _marshal(value, name, 1, exact_floats)
-    return Reading(device_id, branch_id, ts, seq, epoch_s, version, attributes)
+    return device_id, branch_id, ts, seq, epoch_s, version, attributes
 
 
 # Identifiers (device and branch ids alike) already validated, with their attribute values: a fleet repeats
