@@ -138,7 +138,7 @@ class Ingestor:
     def _ingest(self, records: Sequence[dict[str, Any]]) -> IngestReport:
         report = IngestReport(records=len(records))
         rejected: list[tuple[int, int | None, bytes, str]] = []  # (record index, sub-index, bytes, reason)
-        # (device, version) -> (reading, record index, sub-index): identical readings become one write.
+        # (device, version) -> (reading fields, record index, sub-index): identical readings become one write.
         unique: dict[tuple[str, str], tuple[ReadingFields, int, int | None]] = {}
         duplicated_in: dict[tuple[str, str], list[int]] = {}  # key -> every record index that carried it
         now_s = self.clock()
