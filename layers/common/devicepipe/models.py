@@ -153,8 +153,7 @@ def reading_fields(obj: Any, now_s: float, max_skew_s: int, exact_floats: bool) 
             raise InvalidReading("ts: required")
         ts, epoch_s = _parse_ts(ts_value)
     else:
-        length = len(ts_value)  # pads or cuts the fraction to microseconds
-        ts = ts_value[:-1] + _FRACTION_PADDING[length] if length <= 27 else ts_value[:26] + "Z"
+        ts = _utc_text(ts_value)
         epoch_s = minute + _SECONDS[tail[1]]
     if epoch_s > now_s + max_skew_s:
         raise InvalidReading(f"ts: more than {max_skew_s}s in the future")
@@ -222,14 +221,20 @@ def _parse_ts(value: Any) -> tuple[str, int]:
             if len(_utc_minutes) >= _MAX_CACHED:
                 _utc_minutes.clear()
             _utc_minutes[value[:16]] = epoch_s - parsed.second
-            return f"{value[:19]}.{(value[20:-1] + '000000')[:6]}Z", epoch_s
+            return _utc_text(value), epoch_s
         return _format_us((parsed - _EPOCH) // _ONE_US), epoch_s
     raise InvalidReading(f"ts: must be RFC 3339 text or epoch milliseconds, got {_json_type(value)}")
 
 
 # Minutes ("YYYY-MM-DDTHH:MM" -> epoch seconds) of UTC "...Z" timestamps already validated. Devices send
-# UTC and a batch spans a few minutes, so most timestamps skip the regex and the datetime parse.
+# UTC and a batch spans a few minutes, so most timestamps skip the full regex and the datetime parse.
 _utc_minutes: dict[str, int] = {}
+
+
+def _utc_text(value: str) -> str:
+    """A valid ``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` in canonical form: the fraction padded or cut to microseconds."""
+    length = len(value)
+    return value[:-1] + _FRACTION_PADDING[length] if length <= 27 else value[:26] + "Z"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
