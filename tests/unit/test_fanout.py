@@ -20,21 +20,27 @@ def test_results_come_back_in_input_order() -> None:
         assert fan_out(pool, 5, lambda x: x, []) == []
 
 
-def test_no_more_than_lanes_calls_run_at_once() -> None:
-    running, peak, lock = 0, 0, threading.Lock()
+class SlowCall:
+    """A call that takes 5 ms and records how many ran at once (``peak``)."""
 
-    def call(_: int) -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, *_: object) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
         time.sleep(0.005)
-        with lock:
-            running -= 1
+        with self.lock:
+            self.running -= 1
 
+
+def test_no_more_than_lanes_calls_run_at_once() -> None:
+    call = SlowCall()
     with ThreadPoolExecutor(16) as pool:
         fan_out(pool, 4, call, list(range(20)))
-    assert peak == 4
+    assert call.peak == 4
 
 
 def test_errors_propagate() -> None:
@@ -93,16 +99,7 @@ def test_drain_runs_every_task_including_those_added_by_tasks() -> None:
 
 
 def test_drain_bounds_concurrency_and_surfaces_errors() -> None:
-    running, peak, lock = 0, 0, threading.Lock()
-
-    def call() -> None:
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(0.005)
-        with lock:
-            running -= 1
+    call = SlowCall()
 
     def boom() -> None:
         raise RuntimeError("boom")
@@ -111,4 +108,4 @@ def test_drain_bounds_concurrency_and_surfaces_errors() -> None:
         drain(pool, 3, deque([call] * 12))
         with pytest.raises(RuntimeError, match="boom"):
             drain(pool, 3, deque([call, call, boom, call]))
-    assert peak == 3
+    assert call.peak == 3
