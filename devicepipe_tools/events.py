@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from boto3.dynamodb.types import TypeSerializer
 
@@ -150,6 +152,62 @@ def reading(device: str, branch: str, ts: str | int, seq: int | None = None, **m
 
 def encode(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def http_api_event(
+    method: str,
+    path: str,
+    *,
+    route_key: str | None = None,
+    path_parameters: dict[str, str] | None = None,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    region: str = "us-east-1",
+    time_epoch_ms: int = 1_793_610_000_000,
+    request_id: str = "JKJaXmPLvHcESHA=",
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload format 2.0) event, as ``sam local generate-event apigateway
+    http-api-proxy`` shapes it. ``query`` is the raw query string; repeated keys are joined with commas, as
+    API Gateway does. ``route_key`` is the matched route (``GET /devices/{device_id}/latest``)."""
+    route = route_key or f"{method} {path}"
+    params: dict[str, str] = {}
+    for part in query.split("&") if query else []:
+        key, _, value = part.partition("=")
+        key, value = unquote_plus(key), unquote_plus(value)
+        params[key] = f"{params[key]},{value}" if key in params else value
+    when = datetime.fromtimestamp(time_epoch_ms / 1000, UTC)
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route,
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {"accept": "application/json", "host": f"api-id.execute-api.{region}.amazonaws.com"}
+        | (headers or {}),
+        "requestContext": {
+            "accountId": ACCOUNT,
+            "apiId": "api-id",
+            "domainName": f"api-id.execute-api.{region}.amazonaws.com",
+            "domainPrefix": "api-id",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "devicepipe",
+            },
+            "requestId": request_id,
+            "routeKey": route,
+            "stage": "$default",
+            "time": when.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": time_epoch_ms,
+        },
+        "isBase64Encoded": False,
+    }
+    if params:
+        event["queryStringParameters"] = params
+    if path_parameters:
+        event["pathParameters"] = path_parameters
+    return event
 
 
 def sample_events() -> dict[str, dict[str, Any]]:
