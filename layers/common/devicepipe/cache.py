@@ -7,6 +7,10 @@ Layout (prefix ``dp`` by default):
   when the reading's DynamoDB TTL does (``EXPIREAT expires_at``), so TTL deletions need no REMOVE handling.
 - ``dp:branch:<branch_id>:devices``: sorted set of device ids scored by last-seen event time (epoch ms);
   members older than the retention are pruned on each update.
+- ``dp:branches``: sorted set of branch ids scored by their newest reading's event time (epoch ms).
+- ``...:loaded`` markers (``dp:branch:<id>:devices:loaded``, ``dp:branches:loaded``): the set was read whole
+  from the table. A sorted set alone cannot tell a complete view from one that only holds what changed since
+  Redis was emptied (failover, eviction), so reads trust a view only while its marker lives.
 
 Every update goes through one Lua compare-and-set, so a late, replayed or replicated event never replaces a
 newer reading, whatever the arrival order or region; a device that moves branch leaves its old branch's set.
@@ -17,7 +21,7 @@ template's replication group).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,10 +29,9 @@ from typing import Any
 import redis as redis_lib
 
 from devicepipe.config import CacheSettings
-from devicepipe.models import LATEST_SK, device_pk, unmarshal_item
 from devicepipe.streams import Change
 
-# KEYS: device hash, branch set. ARGV: version, branch, score, expire_at, prune_before, device_id,
+# KEYS: device hash, branch set, branches set. ARGV: version, branch, score, expire_at, prune_before, device_id,
 # branch key prefix, then the hash's field/value pairs.
 CAS_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -43,6 +46,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIREAT', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+redis.call('ZADD', KEYS[3], 'GT', ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[5])
 return 1
 """
 _NOT_CACHED = frozenset({"pk", "sk", "latest_branch", "latest_at"})
@@ -93,7 +98,7 @@ def update_from_item(item: dict[str, Any], version: str) -> Update:
         device_id=str(item["device_id"]),
         branch_id=str(item["branch_id"]),
         version=version,
-        event_ms=_epoch_ms(ts),
+        event_ms=epoch_ms(ts),
         expires_at=int(item.get("expires_at", 0)),
         fields={
             "version": version,
@@ -147,6 +152,10 @@ class CacheWriter:
     def branch_key(self, branch_id: str) -> str:
         return f"{self.prefix}:branch:{branch_id}:devices"
 
+    @property
+    def branches_key(self) -> str:
+        return f"{self.prefix}:branches"
+
     def apply(self, updates: Sequence[Update]) -> int:
         """Compare-and-set every update; returns how many replaced an older (or no) cached reading.
 
@@ -181,9 +190,10 @@ class CacheWriter:
             prune_before = u.event_ms - self.retention_s * 1000
             pipe.evalsha(
                 self._sha,
-                2,
+                3,
                 self.device_key(u.device_id),
                 self.branch_key(u.branch_id),
+                self.branches_key,
                 u.version,
                 u.branch_id,
                 u.event_ms,
@@ -199,68 +209,69 @@ class CacheWriter:
 
 
 class CacheReader:
-    """Cache-aside reads: Redis first, DynamoDB on a miss (and the answer cached through the same CAS).
+    """Reads of the cache's layout, each one round trip; ``CacheUnavailable`` when Redis fails.
 
-    ``on_lookup(kind, hit)`` is called for every read (e.g. to emit hit/miss metrics).
+    Cache-aside (what to do on a miss) is the caller's business: see ``devicepipe.reads``.
     """
 
-    def __init__(
-        self,
-        writer: CacheWriter,
-        dynamodb: Any,
-        table_name: str,
-        on_lookup: Callable[[str, bool], None] | None = None,
-    ) -> None:
+    def __init__(self, writer: CacheWriter) -> None:
         self.writer = writer
         self.redis = writer.redis
-        self.dynamodb = dynamodb
-        self.table_name = table_name
-        self.on_lookup = on_lookup or (lambda kind, hit: None)
 
     def latest(self, device_id: str) -> dict[str, Any] | None:
-        """The device's latest reading, or None when the device is unknown."""
-        cached = self.redis.hgetall(self.writer.device_key(device_id))
-        if cached:
-            self.on_lookup("latest", True)
-            return _decode(cached)
-        self.on_lookup("latest", False)
-        item = self.dynamodb.get_item(
-            TableName=self.table_name, Key={"pk": {"S": device_pk(device_id)}, "sk": {"S": LATEST_SK}}
-        ).get("Item")
-        if not item:
-            return None
-        plain = unmarshal_item(item)
-        update = update_from_item(plain, str(plain["latest_at"]))
-        self.writer.apply([update])
-        return _decode(update.fields)
+        """The device's cached reading (with its ``version``), or None when it is not cached."""
+        found = self.latest_many([device_id])
+        return found[0]
 
-    def branch_devices(self, branch_id: str, limit: int = 100) -> list[tuple[str, int]]:
-        """``(device_id, last seen epoch ms)`` of a branch's devices, most recently seen first.
-
-        The sorted set alone cannot tell a complete branch from one that only holds devices updated since
-        Redis was emptied (failover, eviction), so a branch counts as cached only while its ``loaded``
-        marker lives: set when the branch was read whole from the table, kept for ``BRANCH_LOADED_S``.
-        """
+    def latest_many(self, device_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Cached readings of several devices in one pipeline, None for each one not cached."""
+        if not device_ids:
+            return []
         pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(self.writer.branch_key(branch_id) + ":loaded")
-        pipe.zrevrange(self.writer.branch_key(branch_id), 0, limit - 1, withscores=True)
-        loaded, cached = pipe.execute()
-        if loaded:
-            self.on_lookup("branch", True)
-            return [(_text(d), int(score)) for d, score in cached]
-        self.on_lookup("branch", False)
-        pages = self.dynamodb.get_paginator("query").paginate(
-            TableName=self.table_name,
-            IndexName="ByBranchLatest",
-            KeyConditionExpression="latest_branch = :b",
-            ExpressionAttributeValues={":b": {"S": branch_id}},
-            ScanIndexForward=False,
-        )
-        items = [unmarshal_item(i) for page in pages for i in page.get("Items", [])]
-        updates = [update_from_item(p, str(p["latest_at"])) for p in items]
-        self.writer.apply(updates)
-        self.redis.set(self.writer.branch_key(branch_id) + ":loaded", 1, ex=BRANCH_LOADED_S)
-        return [(u.device_id, u.event_ms) for u in updates[:limit]]
+        for device_id in device_ids:
+            pipe.hgetall(self.writer.device_key(device_id))
+        return [_decode(fields) if fields else None for fields in self._execute(pipe)]
+
+    def branch(self, branch_id: str) -> list[tuple[str, int]] | None:
+        """``(device_id, last seen epoch ms)`` of every device of a branch, most recently seen first (ties by
+        device id, descending), or None when the branch is not held whole (see the module's docstring)."""
+        key = self.writer.branch_key(branch_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(key + ":loaded")
+        pipe.zrevrange(key, 0, -1, withscores=True)
+        loaded, members = self._execute(pipe)
+        return [(_text(d), int(score)) for d, score in members] if loaded else None
+
+    def branches(self) -> list[tuple[str, int, int]] | None:
+        """``(branch_id, last seen epoch ms, devices)`` of every branch, most recently seen first, or None when
+        the branch list is not held whole."""
+        key = self.writer.branches_key
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(key + ":loaded")
+        pipe.zrevrange(key, 0, -1, withscores=True)
+        loaded, members = self._execute(pipe)
+        if not loaded:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for branch, _ in members:
+            pipe.zcard(self.writer.branch_key(_text(branch)))
+        counts = self._execute(pipe) if members else []
+        return [(_text(b), int(score), int(n)) for (b, score), n in zip(members, counts, strict=True)]
+
+    def mark_loaded(self, branch_id: str | None = None) -> None:
+        """Record that a branch (or, with None, the branch list) was just read whole from the table."""
+        key = self.writer.branches_key if branch_id is None else self.writer.branch_key(branch_id)
+        try:
+            self.redis.set(key + ":loaded", 1, ex=BRANCH_LOADED_S)
+        except redis_lib.exceptions.RedisError as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            results: list[Any] = pipe.execute()
+        except redis_lib.exceptions.RedisError as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return results
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, Any]:
@@ -273,6 +284,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _epoch_ms(ts: str) -> int:
+def epoch_ms(ts: str) -> int:
     """Canonical ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` to epoch milliseconds."""
     return int(datetime.fromisoformat(ts).timestamp() * 1000)

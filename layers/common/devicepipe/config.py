@@ -96,7 +96,7 @@ class CacheSettings:
     retention_days: int = 90
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> CacheSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, what: str = "CacheUpdaterFunction") -> CacheSettings:
         e = _Env(os.environ if env is None else env)
         settings = cls(
             region=e.text("AWS_REGION"),
@@ -111,8 +111,29 @@ class CacheSettings:
         )
         if not settings.redis_url and not settings.redis_host:
             e.problems.append("REDIS_HOST (or REDIS_URL) is required")
-        e.check("CacheUpdaterFunction settings")
+        e.check(f"{what} settings")
         return settings
+
+
+@dataclass(frozen=True)
+class ReadApiSettings:
+    """Settings of ReadApiFunction: the cache's (Redis, table) and the read API's own."""
+
+    cache: CacheSettings
+    stale_after_s: int = 900
+    version: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReadApiSettings:
+        e = _Env(os.environ if env is None else env)
+        stale_after_s = e.integer("STALE_AFTER_SECONDS", 900, 1, 31_536_000)
+        try:
+            cache = CacheSettings.from_env(e.env, what="ReadApiFunction")
+        except ConfigError as exc:
+            e.problems.insert(0, str(exc).partition(": ")[2])
+            cache = CacheSettings(region="", table_name="")
+        e.check("ReadApiFunction settings")
+        return cls(cache, stale_after_s, e.env.get("SERVICE_VERSION", "").strip())
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,19 @@ def device_pk(device_id: str) -> str:
 LATEST_SK = "LATEST"
 
 
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` is a valid device or branch id (1-128 characters of ``[A-Za-z0-9._:-]``)."""
+    return bool(_ID_RE.match(value))
+
+
+def canonical_time(value: str | int) -> str:
+    """An event time (RFC 3339 text with a zone, or epoch milliseconds) as the canonical fixed-width UTC text
+    the table's sort keys use; raises ``InvalidReading`` naming the rule it breaks."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return _parse_ts(value)[0]
+
+
 def parse_reading(
     obj: Any, *, now_s: float | None = None, max_skew_s: int = 86_400, exact_floats: bool = True
 ) -> Reading:
