@@ -210,6 +210,30 @@ def http_api_event(
     return event
 
 
+def read_api_events() -> dict[str, dict[str, Any]]:
+    """One HTTP API event per read route and error case (devices and branches of the ingest samples)."""
+    latest, readings = "/devices/{device_id}/latest", "/devices/{device_id}/readings"
+    devices = "/branches/{branch_id}/devices"
+
+    def get(route: str, query: str = "", **params: str) -> dict[str, Any]:
+        path = route.format(**params)
+        return http_api_event("GET", path, route_key=f"GET {route}", path_parameters=params or None, query=query)
+
+    return {
+        "read_api/latest.json": get(latest, device_id="dev-001"),
+        "read_api/readings.json": get(readings, "from=2026-11-02T00:00:00Z&limit=2", device_id="dev-001"),
+        "read_api/branches.json": get("/branches"),
+        "read_api/branch-devices.json": get(devices, "limit=50&stale_after=3600", branch_id="branch-nyc"),
+        "read_api/health.json": get("/health"),
+        "read_api/dashboard.json": get("/"),
+        "read_api/unknown-device.json": get(latest, device_id="dev-never-seen"),
+        "read_api/bad-device-id.json": get(latest, device_id="dev%20bad"),
+        "read_api/bad-limit.json": get(readings, "limit=5000", device_id="dev-001"),
+        "read_api/bad-time.json": get(readings, "from=yesterday", device_id="dev-001"),
+        "read_api/bad-cursor.json": get(readings, "cursor=not-a-cursor", device_id="dev-001"),
+    }
+
+
 def sample_events() -> dict[str, dict[str, Any]]:
     """The sample events shipped in ``events/``, by relative path."""
     valid = [
@@ -285,6 +309,7 @@ def sample_events() -> dict[str, dict[str, Any]]:
             "detail": {},
         },
         "loader/backfill-one-day.json": {"prefix": "readings/origin=us-east-1/dt=2026-11-02/"},
+        **read_api_events(),
         "ingest/valid-batch.json": kinesis_event([(r["device_id"], encode(r)) for r in valid]),
         "ingest/poison-pills.json": kinesis_event(poison, first_seq=100),
         "ingest/kpl-aggregated.json": kinesis_event(

@@ -21,7 +21,8 @@ from devicepipe.observability import logger, metrics, tracer
 from devicepipe.reads import Reads
 
 _PAGE = Path(__file__).with_name("dashboard.html")
-_LOOKUP_METRICS = {"hit": "CacheHits", "miss": "CacheMisses", "error": "CacheErrors"}
+#: Lookups that count towards the hit ratio (a branch page's readings follow its branch view's lookup).
+_RATIO_KINDS = frozenset({"latest", "branch", "branches"})
 
 
 @cache
@@ -36,19 +37,25 @@ def _reads() -> Reads:
     config = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=1, read_timeout=3)
     secrets = boto3.client("secretsmanager", config=config) if settings.cache.redis_auth_secret_arn else None
     writer = CacheWriter(
-        connect(settings.cache, secrets), settings.cache.key_prefix, settings.cache.retention_days * 86_400
+        connect(settings.cache, secrets, timeout_s=0.5, retries=1),
+        settings.cache.key_prefix,
+        settings.cache.retention_days * 86_400,
     )
     return Reads(writer, boto3.client("dynamodb", config=config), settings.cache.table_name, on_lookup=_count)
 
 
 def _count(kind: str, outcome: str) -> None:
-    """Cache outcomes: per service (what the hit-ratio alarm reads) and per route kind."""
-    name = _LOOKUP_METRICS[outcome] if kind != "fill" else "CacheFillErrors"
+    """Cache outcomes: hits and misses per service (what the hit-ratio alarm reads) and per route kind."""
+    if outcome == "error":
+        metrics.add_metric("CacheFillErrors" if kind == "fill" else "CacheErrors", MetricUnit.Count, 1)
+        return
+    if kind not in _RATIO_KINDS:
+        return
+    name = "CacheHits" if outcome == "hit" else "CacheMisses"
     metrics.add_metric(name, MetricUnit.Count, 1)
-    if kind != "fill" and outcome != "error":
-        with single_metric(name, MetricUnit.Count, 1, namespace=metrics.namespace) as one:
-            one.add_dimension("service", metrics.service or "read-api")
-            one.add_dimension("route", kind)
+    with single_metric(name, MetricUnit.Count, 1, namespace=metrics.namespace) as one:
+        one.add_dimension("service", metrics.service or "read-api")
+        one.add_dimension("route", kind)
 
 
 @cache

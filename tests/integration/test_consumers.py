@@ -15,9 +15,6 @@ import pytest
 import redis
 from moto import mock_aws
 
-from devicepipe.cache import CacheReader, CacheWriter
-from devicepipe.dynamo import latest_item, reading_item
-from devicepipe.models import parse_reading
 from devicepipe_tools.events import dynamodb_record, reading, table_item
 from devicepipe_tools.local.net import free_port, wait_listening
 from devicepipe_tools.template import ROOT, create_table_kwargs
@@ -128,33 +125,6 @@ def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
         server.terminate()
         server.wait()
         cache_app._writer.cache_clear()
-
-
-def test_cache_aside_reads_fall_back_to_dynamodb_then_hit(template: dict[str, Any]) -> None:
-    if not redis_available(SHARED_REDIS):
-        pytest.skip("no Redis server on 127.0.0.1:6379")
-    writer = CacheWriter(redis.Redis.from_url(SHARED_REDIS), prefix=f"test-{uuid.uuid4().hex[:8]}")
-    lookups: list[tuple[str, bool]] = []
-    with mock_aws():
-        ddb = boto3.client("dynamodb")
-        ddb.create_table(**create_table_kwargs(template, "ReadingsTable", "t"))
-        for device, ts in (("a", "2026-11-02T09:00:00Z"), ("b", "2026-11-02T10:00:00Z")):
-            r = parse_reading(reading(device, "br-7", ts, 1), now_s=1_795_000_000)
-            reading_item(r.attributes, r.epoch_s, {"S": "us-east-1"}, {"S": "x"}, 90 * 86_400)
-            ddb.put_item(TableName="t", Item=latest_item(r))
-        reader = CacheReader(writer, ddb, "t", on_lookup=lambda kind, hit: lookups.append((kind, hit)))
-        try:
-            first = reader.latest("a")
-            second = reader.latest("a")
-            assert first == second and first is not None and first["ts"] == "2026-11-02T09:00:00.000000Z"
-            assert reader.latest("nobody") is None
-            assert reader.branch_devices("br-7") == [("b", 1_793_613_600_000), ("a", 1_793_610_000_000)]
-            assert [d for d, _ in reader.branch_devices("br-7")] == ["b", "a"]
-        finally:
-            for key in writer.redis.scan_iter(f"{writer.prefix}:*"):
-                writer.redis.delete(key)
-    # "a" was cached by its own read, yet the branch is read whole from the table the first time
-    assert lookups == [("latest", False), ("latest", True), ("latest", False), ("branch", False), ("branch", True)]
 
 
 @pytest.fixture

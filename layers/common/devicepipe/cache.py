@@ -27,6 +27,8 @@ from datetime import datetime
 from typing import Any
 
 import redis as redis_lib
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from devicepipe.config import CacheSettings
 from devicepipe.streams import Change
@@ -55,14 +57,20 @@ _NOT_CACHED = frozenset({"pk", "sk", "latest_branch", "latest_at"})
 BRANCH_LOADED_S = 3600
 
 
-def connect(settings: CacheSettings, secrets: Any = None) -> Any:
+def connect(settings: CacheSettings, secrets: Any = None, timeout_s: float = 2.0, retries: int | None = None) -> Any:
     """A Redis client from the settings: ``REDIS_URL`` as given, else TLS to host:port with the AUTH token
-    read from Secrets Manager (a JSON secret with a ``token`` key, or the token itself)."""
+    read from Secrets Manager (a JSON secret with a ``token`` key, or the token itself).
+
+    By default redis-py retries connection errors and timeouts itself (3 times, jittered backoff); a client
+    that someone waits on (the read API) passes fewer ``retries``, none of them delayed, and a shorter timeout.
+    """
     options: dict[str, Any] = {
-        "socket_timeout": 2.0,
-        "socket_connect_timeout": 2.0,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
         "health_check_interval": 30,  # a connection idle through a frozen container is checked before use
-    }  # redis-py retries connection errors and timeouts itself (3 attempts with jittered backoff)
+    }
+    if retries is not None:
+        options["retry"] = Retry(NoBackoff(), retries)
     if settings.redis_url:
         return redis_lib.Redis.from_url(settings.redis_url, **options)
     password = None
@@ -176,6 +184,25 @@ class CacheWriter:
         if errors:
             raise CacheUnavailable(f"{len(errors)} cache updates failed: {errors[0]}")
         return sum(int(r) for r in results)
+
+    def load_views(self, members: Sequence[tuple[str, str, int]]) -> None:
+        """Write branch views read whole from the table (``(branch_id, device_id, last seen ms)`` of every
+        device) and mark every branch and the branch list loaded, in one round trip. Scores only move forward
+        (``ZADD GT``), so a view the cache updater has just advanced keeps its newer time."""
+        pipe = self.redis.pipeline(transaction=False)
+        newest: dict[str, int] = {}
+        for branch, device, ms in members:
+            pipe.zadd(self.branch_key(branch), {device: ms}, gt=True)
+            newest[branch] = max(ms, newest.get(branch, 0))
+        for branch, ms in newest.items():
+            pipe.zadd(self.branches_key, {branch: ms}, gt=True)
+            pipe.set(self.branch_key(branch) + ":loaded", 1, ex=BRANCH_LOADED_S)
+        pipe.set(self.branches_key + ":loaded", 1, ex=BRANCH_LOADED_S)
+        self.round_trips += 1
+        try:
+            pipe.execute()
+        except redis_lib.exceptions.RedisError as exc:
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _load_script(self) -> str:
         self.round_trips += 1

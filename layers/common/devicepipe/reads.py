@@ -14,6 +14,7 @@ Nothing here knows HTTP: ``devicepipe.api`` turns these answers into responses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +29,14 @@ _FIRST = ("device_id", "branch_id", "ts", "seq", "metrics")
 #: Index of LATEST items by branch (sparse: one entry per device), sorted by ``latest_at``.
 BRANCH_INDEX = "ByBranchLatest"
 _BATCH_GET_MAX = 100
+#: After Redis fails, reads skip it for this long: a dead cache costs one timeout, not one per request.
+REDIS_BACKOFF_S = 5.0
 #: A reader waits for throttled keys a little, not the ingest's two seconds: the client can retry.
 _READ_RETRIES = Retrier(Backoff(base_s=0.02, cap_s=0.2, max_attempts=4))
 
-#: ``on_lookup(kind, outcome)``: kind is ``latest``, ``branch`` or ``branches``; outcome ``hit``, ``miss`` or
-#: ``error`` (Redis failed: answered from the table).
+#: ``on_lookup(kind, outcome)``: kind is ``latest``, ``branch``, ``branches`` or ``devices`` (a branch page's
+#: readings); outcome ``hit``, ``miss`` or ``error`` (Redis failed: answered from the table). Kind ``fill``
+#: with ``error``: writing a table answer back to Redis failed.
 OnLookup = Callable[[str, str], None]
 
 
@@ -85,23 +89,41 @@ class Reads:
         Called for every cache lookup, e.g. to emit hit/miss metrics.
     """
 
-    def __init__(self, writer: CacheWriter, dynamodb: Any, table_name: str, on_lookup: OnLookup | None = None):
+    def __init__(
+        self,
+        writer: CacheWriter,
+        dynamodb: Any,
+        table_name: str,
+        on_lookup: OnLookup | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.writer = writer
         self.cache = CacheReader(writer)
         self.dynamodb = dynamodb
         self.table_name = table_name
         self.on_lookup: OnLookup = on_lookup or (lambda kind, outcome: None)
+        self.clock = clock
+        self._redis_skipped_until = 0.0
+
+    def _cached(self, kind: str, call: Callable[[], Any]) -> Any:
+        """A Redis read, counted as a hit or a miss; None when Redis fails or failed within the last
+        ``REDIS_BACKOFF_S`` (then requests go straight to the table instead of each waiting on Redis)."""
+        if self.clock() < self._redis_skipped_until:
+            self.on_lookup(kind, "error")
+            return None
+        try:
+            found = call()
+        except CacheUnavailable:
+            self._redis_skipped_until = self.clock() + REDIS_BACKOFF_S
+            self.on_lookup(kind, "error")
+            return None
+        self.on_lookup(kind, "miss" if found is None else "hit")
+        return found
 
     # ------------------------------------------------------------------ one device
     def latest(self, device_id: str) -> tuple[dict[str, Any], str]:
         """The device's newest reading and where it came from (``cache`` or ``table``)."""
-        try:
-            cached = self.cache.latest(device_id)
-        except CacheUnavailable:
-            self.on_lookup("latest", "error")
-            cached = None
-        else:
-            self.on_lookup("latest", "hit" if cached else "miss")
+        cached = self._cached("latest", lambda: self.cache.latest(device_id))
         if cached:
             return public_reading(cached), "cache"
         item = self._call("get_item", Key=_latest_key(device_id))
@@ -156,35 +178,27 @@ class Reads:
 
     def branches(self) -> tuple[list[tuple[str, int, int]], str]:
         """``(branch_id, last seen epoch ms, devices)`` of every branch with devices, most recently seen first."""
-        try:
-            cached = self.cache.branches()
-        except CacheUnavailable:
-            self.on_lookup("branches", "error")
-            cached = None
-        else:
-            self.on_lookup("branches", "hit" if cached is not None else "miss")
+        cached = self._cached("branches", self.cache.branches)
         if cached is not None:
             return cached, "cache"
-        # The index is sparse (one entry per device): scanning it reads each device once.
+        # The index is sparse (one entry per device): scanning it reads each device once, keys and time only.
+        projection = {"ProjectionExpression": "latest_branch, device_id, ts"}
+        members = [
+            (i["latest_branch"]["S"], i["device_id"]["S"], epoch_ms(i["ts"]["S"]))
+            for page in self._pages("scan", IndexName=BRANCH_INDEX, **projection)
+            for i in page.get("Items", [])
+        ]
+        self._write_back(lambda: self.writer.load_views(members))
         seen: dict[str, tuple[int, int]] = {}
-        for page in self._pages("scan", IndexName=BRANCH_INDEX, ProjectionExpression="latest_branch, ts"):
-            for item in page.get("Items", []):
-                branch, ms = item["latest_branch"]["S"], epoch_ms(item["ts"]["S"])
-                newest, count = seen.get(branch, (0, 0))
-                seen[branch] = (max(newest, ms), count + 1)
-        self._mark_loaded(None)
+        for branch, _, ms in members:
+            newest, count = seen.get(branch, (0, 0))
+            seen[branch] = (max(newest, ms), count + 1)
         listing = [(b, ms, n) for b, (ms, n) in seen.items()]
         return sorted(listing, key=lambda b: (b[1], b[0]), reverse=True), "table"
 
     # ------------------------------------------------------------------ helpers
     def _branch_members(self, branch_id: str) -> tuple[list[tuple[str, int]], str]:
-        try:
-            cached = self.cache.branch(branch_id)
-        except CacheUnavailable:
-            self.on_lookup("branch", "error")
-            cached = None
-        else:
-            self.on_lookup("branch", "hit" if cached is not None else "miss")
+        cached = self._cached("branch", lambda: self.cache.branch(branch_id))
         if cached is not None:
             return cached, "cache"
         pages = self._pages(
@@ -195,17 +209,14 @@ class Reads:
         )
         items = [unmarshal_item(i) for page in pages for i in page.get("Items", [])]
         self._fill(items)
-        self._mark_loaded(branch_id)
+        self._write_back(lambda: self.cache.mark_loaded(branch_id))
         members = [(str(i["device_id"]), epoch_ms(str(i["ts"]))) for i in items]
         return sorted(members, key=lambda m: (m[1], m[0]), reverse=True), "table"
 
     def _readings_of(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Newest readings of devices listed in a branch view: Redis, then the table for the ones Redis lost
         (evicted, expired) or all of them when Redis fails."""
-        try:
-            cached = self.cache.latest_many(device_ids)
-        except CacheUnavailable:
-            cached = [None] * len(device_ids)
+        cached = self._cached("devices", lambda: self.cache.latest_many(device_ids)) or [None] * len(device_ids)
         found = {d: public_reading(c) for d, c in zip(device_ids, cached, strict=True) if c}
         missing = [d for d in device_ids if d not in found]
         for start in range(0, len(missing), _BATCH_GET_MAX):
@@ -231,16 +242,17 @@ class Reads:
         return out
 
     def _fill(self, items: Sequence[dict[str, Any]]) -> None:
-        """Write LATEST items back to Redis (compare-and-set); a failing Redis only loses the fill."""
-        try:
-            self.writer.apply([update_from_item(i, str(i["latest_at"])) for i in items if "latest_at" in i])
-        except CacheUnavailable:
-            self.on_lookup("fill", "error")
+        """Write LATEST items back to Redis (compare-and-set)."""
+        self._write_back(lambda: self.writer.apply([update_from_item(i, str(i["latest_at"])) for i in items]))
 
-    def _mark_loaded(self, branch_id: str | None) -> None:
+    def _write_back(self, call: Callable[[], Any]) -> None:
+        """A write of a table answer to Redis: a failing Redis only loses the write (counted)."""
+        if self.clock() < self._redis_skipped_until:
+            return
         try:
-            self.cache.mark_loaded(branch_id)
+            call()
         except CacheUnavailable:
+            self._redis_skipped_until = self.clock() + REDIS_BACKOFF_S
             self.on_lookup("fill", "error")
 
     def _call(self, operation: str, named: bool = True, **kwargs: Any) -> Any:
