@@ -47,7 +47,7 @@ class Api:
         event = http_api_event(
             "GET", route.format(**params), route_key=f"GET {route}", path_parameters=params or None, query=query
         )
-        answer = self.app.resolve(event, FakeLambdaContext())
+        answer = self.app.resolve(event, FakeLambdaContext())  # type: ignore[arg-type]
         body = answer["body"]
         is_json = answer["headers"]["Content-Type"] == "application/json"
         return answer["statusCode"], json.loads(body) if is_json else body, answer["headers"]
