@@ -64,7 +64,7 @@ def _page() -> str:
 
 
 app = build_app(
-    _reads,
+    lambda: _reads(),  # noqa: PLW0108 - looked up per call, so tests and benchmarks can put theirs in its place
     region=boto3.session.Session().region_name or "",
     version=__version__,
     stale_after_s=lambda: _settings().stale_after_s,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
@@ -66,6 +67,8 @@ def invalid(field: str, rule: str, got: Any) -> ApiError:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def checked_id(value: str, field: str) -> str:
+    """A device or branch id from the path (decoded: the resolver matches on the raw, percent-encoded path)."""
+    value = unquote(value)
     if not is_valid_id(value):
         raise invalid(field, _ID_RULE, value)
     return value
