@@ -25,11 +25,20 @@ from devicepipe.models import parse_reading
 from devicepipe.repair import regressions
 from devicepipe.warehouse import BRANCH_REPORT
 from devicepipe_tools.local import stack
+from devicepipe_tools.local.demo_reads import (
+    FRESHNESS_GOAL_S,
+    HIT_RATIO_GOAL,
+    Expected,
+    check_reads,
+    freshness,
+    hit_ratio,
+)
 from devicepipe_tools.local.esm import DynamoDBStreamSource, read_all
 from devicepipe_tools.local.loader_worker import build_loader
 from devicepipe_tools.local.resources import RegionResources
 from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, FailureFile, Producer, entries_from_readings, simulate
+from devicepipe_tools.read_client import ReadClient
 
 DEMO_DIR = stack.STATE_DIR / "demo"
 
@@ -159,6 +168,8 @@ def run_demo(
         _verify_warehouse(result, state, state_dir, docs, timeout_s)
         for consumer in ("CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"):
             result.figures[consumer] = _mapping_figures(stats, consumer)
+        say("reading it back through each region's API ...")
+        _verify_api(result, state, regions, docs, clients, resources)
         result.figures["total_s"] = round(time.monotonic() - t0, 1)
     finally:
         if keep:
@@ -461,6 +472,33 @@ def _verify_warehouse(
     )
 
 
+def _verify_api(
+    result: DemoResult,
+    state: dict[str, Any],
+    regions: tuple[str, ...],
+    docs: list[dict[str, Any]],
+    clients: dict[str, dict[str, Any]],
+    resources: dict[str, RegionResources],
+) -> None:
+    """Each region's API answers what was produced; then its freshness and cache hit ratio (after the checks:
+    the freshness probe writes new readings)."""
+    expected = Expected.of(docs)
+    apis = {r: ReadClient(state["api_urls"][r]) for r in regions}
+    for r in regions:  # the workload first, so that the checks' own reads do not warm the cache for it
+        result.figures.setdefault("hit_ratio", {})[r] = hit_ratio(apis[r], expected)
+        for name, ok, detail in check_reads(apis[r], expected):
+            result.checks.append(Check(name + label(r, regions), ok, detail))
+    probes = [(d, next(b for b, ds in expected.branches.items() if d in ds)) for d in sorted(expected.newest)[:20]]
+    for r in regions:
+        stream = resources[r].names["ReadingsStream"]
+
+        def put(doc: dict[str, Any], kinesis: Any = clients[r]["kinesis"], stream: str = stream) -> None:
+            data = json.dumps(doc).encode()
+            kinesis.put_records(StreamName=stream, Records=[{"Data": data, "PartitionKey": doc["device_id"]}])
+
+        result.figures.setdefault("freshness_ms", {})[r] = freshness(put, apis[r], probes)
+
+
 def render(result: DemoResult) -> str:
     f = result.figures
     lat = f.get("latency_ms", {})
@@ -500,6 +538,17 @@ def render(result: DemoResult) -> str:
             else []
         ),
         f"latency (stream -> stored)  p50 {lat.get('p50')} ms   p99 {lat.get('p99')} ms   max {lat.get('max')} ms",
+        *(
+            f"freshness{label(r, tuple(f['freshness_ms']))} (PutRecords -> API latest)  p50 {v.get('p50')} ms   "
+            f"p95 {v.get('p95')} ms   max {v.get('max')} ms over {v['readings']} readings, {v['missed']} not seen "
+            f"(goal < {FRESHNESS_GOAL_S * 1000:.0f} ms)"
+            for r, v in f.get("freshness_ms", {}).items()
+        ),
+        *(
+            f"cache hit ratio{label(r, tuple(f['hit_ratio']))}  {v['ratio']:.3f} of {v['requests']} skewed API reads "
+            f"(goal {HIT_RATIO_GOAL})"
+            for r, v in f.get("hit_ratio", {}).items()
+        ),
         f"wall time       stack start {f.get('stack_start_s')}s, produce {f.get('produce_s')}s, "
         f"drain {f.get('drain_s')}s, total {f.get('total_s')}s",
         "",
