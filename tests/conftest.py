@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,7 @@ for _name, _value in {
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
+from devicepipe_tools.local.net import free_port, wait_listening  # noqa: E402
 from devicepipe_tools.template import load_template  # noqa: E402
 
 
@@ -47,3 +51,34 @@ def lambda_context() -> FakeLambdaContext:
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
     return load_template()
+
+
+class PrivateRedis:
+    """A redis-server of a test's own on a free port, which the test may stop and start again."""
+
+    def __init__(self, binary: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        wait_listening(self.port)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server the test owns (skipped without the binary, except in CI, where .ci/run installs it)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("needs the redis-server binary")
+    server = PrivateRedis(binary)
+    yield server
+    server.stop()

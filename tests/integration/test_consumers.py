@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,12 +14,11 @@ import redis
 from moto import mock_aws
 
 from devicepipe_tools.events import dynamodb_record, reading, table_item
-from devicepipe_tools.local.net import free_port, wait_listening
 from devicepipe_tools.template import ROOT, create_table_kwargs
 from functions.cache_updater import app as cache_app
 from functions.latest_repair import app as repair_app
 from functions.stager import app as stager_app
-from tests.conftest import FakeLambdaContext
+from tests.conftest import FakeLambdaContext, PrivateRedis
 
 pytestmark = pytest.mark.integration
 SHARED_REDIS = "redis://127.0.0.1:6379/15"
@@ -92,23 +89,15 @@ def test_replayed_and_replicated_writes(cache_env: redis.Redis, lambda_context: 
 
 
 def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
-    lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+    lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
 ) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("needs the redis-server binary")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    wait_listening(port)
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv("REDIS_URL", private_redis.url)
     monkeypatch.setenv("TABLE_NAME", "t")
     cache_app._writer.cache_clear()
     try:
         # Given a first batch applied, then Redis going away
         cache_app.lambda_handler(sample("cache_updater/out-of-order.json"), lambda_context)
-        server.terminate()
-        server.wait()
+        private_redis.stop()
         # When the next batch arrives, every record is reported for retry
         event = sample("cache_updater/mixed.json")
         response = cache_app.lambda_handler(event, lambda_context)
@@ -116,14 +105,11 @@ def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
             r["dynamodb"]["SequenceNumber"] for r in event["Records"]
         ]
         # And once Redis is back, the retried batch is applied
-        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_listening(port)
+        private_redis.start()
         assert cache_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
-        client = redis.Redis(port=port, decode_responses=True)
+        client = redis.Redis(port=private_redis.port, decode_responses=True)
         assert client.hget("dp:device:dev-002", "branch_id") == "branch-bos"
     finally:
-        server.terminate()
-        server.wait()
         cache_app._writer.cache_clear()
 
 

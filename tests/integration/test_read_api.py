@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +16,10 @@ from moto import mock_aws
 from devicepipe.dynamo import latest_item, reading_item
 from devicepipe.models import parse_reading
 from devicepipe_tools.events import reading, sample_events
-from devicepipe_tools.local.net import free_port, wait_listening
+from devicepipe_tools.local.net import free_port
 from devicepipe_tools.template import create_table_kwargs
 from functions.read_api import app as read_app
-from tests.conftest import FakeLambdaContext
+from tests.conftest import FakeLambdaContext, PrivateRedis
 
 pytestmark = pytest.mark.integration
 TABLE = "devicepipe-readings"
@@ -31,8 +29,7 @@ TABLE = "devicepipe-readings"
 class Stack:
     ddb: Any
     redis: redis.Redis
-    server: subprocess.Popen[bytes]
-    command: list[str]
+    server: PrivateRedis
 
     def call(self, name: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         answer = read_app.lambda_handler(sample_events()[f"read_api/{name}.json"], FakeLambdaContext())
@@ -47,30 +44,18 @@ class Stack:
 
 
 @pytest.fixture
-def stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+def stack(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis) -> Iterator[Stack]:
     """The handler pointed at a redis-server of its own (so the test can stop it) and a moto table."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI (.ci/run installs it)")
-        pytest.skip("needs the redis-server binary")
-    port = free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    wait_listening(port)
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv("REDIS_URL", private_redis.url)
     monkeypatch.setenv("TABLE_NAME", TABLE)
     read_app._reads.cache_clear()
     read_app._settings.cache_clear()
     with mock_aws():
         ddb = boto3.client("dynamodb")
         ddb.create_table(**create_table_kwargs(template, "ReadingsTable", TABLE))
-        stack = Stack(ddb, redis.Redis(port=port, decode_responses=True), server, command)
         try:
-            yield stack
+            yield Stack(ddb, redis.Redis(port=private_redis.port, decode_responses=True), private_redis)
         finally:
-            stack.server.terminate()
-            stack.server.wait()
             read_app._reads.cache_clear()
 
 
@@ -125,8 +110,7 @@ def test_a_stale_cached_reading_is_never_written_over_a_newer_one(stack: Stack) 
 
 def test_redis_down_is_served_from_the_table_and_both_down_is_503(stack: Stack) -> None:
     seed(stack)
-    stack.server.terminate()
-    stack.server.wait()
+    stack.server.stop()
     status, body, _ = stack.call("latest")
     assert (status, body["source"]) == (200, "table")
     status, body, _ = stack.call("health")
