@@ -1,8 +1,9 @@
-"""The `devicepipe` command: produce readings, run the local stack, invoke functions without Docker.
+"""The `devicepipe` command: produce readings, run the local stack, read data back, invoke functions without Docker.
 
-Exit codes: 0 success; 1 some records could not be sent (see the failed-records file) or the demo found the
-pipeline inconsistent; 2 usage or configuration error (bad arguments, no stream, no stack); 3 invalid input
-lines (skipped, or with --strict the run stopped at the first one).
+Exit codes: 0 success; 1 some records could not be sent (see the failed-records file), the demo found the
+pipeline inconsistent, or a read request failed (no answer, or an error answer); 2 usage or configuration
+error (bad arguments, no stream, no stack, no API); 3 invalid input lines (skipped, or with --strict the run
+stopped at the first one).
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
+from devicepipe_tools import read_client
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import clients as local_clients
@@ -33,6 +38,7 @@ from devicepipe_tools.producer import (
     read_readings,
     simulate,
 )
+from devicepipe_tools.read_client import NoApi, ReadClient, RequestFailed
 from devicepipe_tools.template import ROOT
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
@@ -43,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except (stack.StackError, ProducerError) as exc:
+    except (stack.StackError, ProducerError, NoApi) as exc:
         print(f"devicepipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RequestFailed as exc:
+        print(f"devicepipe: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except NoCredentialsError:
         print("devicepipe: no AWS credentials found (use --local for the local stack)", file=sys.stderr)
         return EXIT_USAGE
@@ -155,6 +164,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_probe)
+
+    p = sub.add_parser("read", help="read data back through the read API: latest | history | branch | branches")
+    rsub = p.add_subparsers(required=True, metavar="WHAT")
+    for name, text in (
+        ("latest", "a device's newest reading"),
+        ("history", "a device's readings, newest first"),
+        ("branch", "a branch's devices with their latest readings, most recently seen first"),
+        ("branches", "every branch that has devices"),
+    ):
+        r = rsub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        r.set_defaults(run=_read, what=name, all=False)
+        if name in ("latest", "history"):
+            r.add_argument("device")
+        if name == "branch":
+            r.add_argument("branch")
+            r.add_argument("--stale-after", type=_positive, help="seconds after which a device is stale")
+        if name == "history":
+            r.add_argument("--since", type=_when, help="from this time: 30m, 1h, 2d ago, or an RFC 3339 time")
+            r.add_argument("--until", type=_when, help="up to this time (exclusive), in the same forms")
+        if name in ("history", "branch"):
+            r.add_argument("--limit", type=_positive, help="entries per page, 1..1000 (default: the API's 100)")
+            r.add_argument(
+                "--all",
+                action="store_true",
+                help="every page, following next_cursor (--json: one document holding them all)",
+            )
+        r.add_argument("--json", action="store_true", help="print the API's JSON as it is (for scripts)")
+        target = r.add_mutually_exclusive_group()
+        target.add_argument("--local", action="store_true", help="the running local stack's API")
+        target.add_argument("--api-url", help="this API (default: the deployed stack's ReadApiUrl output)")
+        r.add_argument("--region", help="region (default: AWS_REGION, AWS_DEFAULT_REGION, samconfig.toml's first)")
+        r.add_argument("--stack-name", help="deployed stack (default: samconfig.toml's stack_name for the region)")
+        r.add_argument("--token", help="JWT sent as a Bearer token instead of SigV4 (default $DEVICEPIPE_API_TOKEN)")
+        r.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+        r.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
 
     p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
     p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
@@ -271,15 +315,23 @@ def _open(path: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- local
+def _samconfig() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "samconfig.toml").read_text())
+
+
+def _deploy_parameters() -> list[dict[str, Any]]:
+    """The deploy parameters of each samconfig.toml config env (one per region)."""
+    return [
+        env["deploy"]["parameters"]
+        for env in _samconfig().values()
+        if isinstance(env, dict) and "parameters" in env.get("deploy", {})
+    ]
+
+
 def _regions(text: str) -> tuple[str, ...]:
     """Comma-separated regions, or ``all``: every region samconfig.toml deploys to."""
     if text.strip() == "all":
-        config = tomllib.loads((ROOT / "samconfig.toml").read_text())
-        return tuple(
-            env["deploy"]["parameters"]["region"]
-            for env in config.values()
-            if isinstance(env, dict) and "region" in env.get("deploy", {}).get("parameters", {})
-        )
+        return tuple(params["region"] for params in _deploy_parameters() if "region" in params)
     return tuple(r.strip() for r in text.split(",") if r.strip())
 
 
@@ -287,11 +339,17 @@ def _local_up(args: argparse.Namespace) -> int:
     state = stack.up(_regions(args.regions), args.state_dir, replication_delay_s=args.replication_delay_ms / 1000)
     print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
     print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
+    _print_api_urls(state)
     for region, res in state["regions"].items():
         for logical_id, name in res["names"].items():
             if logical_id in ("ReadingsStream", "ReadingsTable", "QuarantineBucket", "IngestFailureQueue"):
                 print(f"  {region}  {logical_id:20s} {name}")
     return EXIT_OK
+
+
+def _print_api_urls(state: dict[str, Any]) -> None:
+    for region, url in state.get("api_urls", {}).items():
+        print(f"  read API {region}: {url}  (`devicepipe read ... --local --region {region}`)")
 
 
 def _local_down(args: argparse.Namespace) -> int:
@@ -303,6 +361,7 @@ def _local_status(args: argparse.Namespace) -> int:
     state = stack.read_state(args.state_dir)
     print(f"local stack: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
     print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
+    _print_api_urls(state)
     for name, s in stack.mapping_stats(args.state_dir).items():
         lat = s["latency_ms"]
         print(
@@ -473,9 +532,176 @@ def _loads(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------------------- read
+def _read(args: argparse.Namespace) -> int:
+    client = _read_client(args)
+    path, params, items = _read_request(args)
+    if args.all and items:
+
+        def progress(pages: int, count: int) -> None:
+            print(f"page {pages}: {count} {items} so far, fetching the next ...", file=sys.stderr)
+
+        doc = client.get_all(path, params, items, progress)
+    else:
+        doc = client.get(path, params)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return EXIT_OK
+    print(_RENDER[args.what](doc, datetime.now(UTC)))
+    if doc.get("next_cursor"):
+        print("more pages: --all fetches every one", file=sys.stderr)
+    return EXIT_OK
+
+
+def _read_client(args: argparse.Namespace) -> ReadClient:
+    """The API chosen by ``--local``, ``--api-url`` or the deployed stack, authorised as it expects: a Bearer
+    token when given, nothing on the local machine, SigV4 otherwise."""
+    token = args.token or os.environ.get("DEVICEPIPE_API_TOKEN")
+    if args.local:
+        state = stack.read_state(args.state_dir)
+        region = args.region or next(iter(state["regions"]))
+        urls = state.get("api_urls", {})
+        if region not in urls:
+            raise stack.StackError(
+                f"the local stack serves no read API in {region} (it serves {', '.join(urls) or 'none'}): "
+                "restart it with `devicepipe local down` and `local up`"
+            )
+        url = urls[region]
+    else:
+        region = (
+            args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or _regions("all")[0]
+        )
+        url = args.api_url or read_client.deployed_api_url(region, args.stack_name or _stack_name(region))
+    if token:
+        auth = read_client.bearer(token)
+    elif read_client.is_loopback(url):
+        auth = read_client.no_auth
+    else:
+        auth = read_client.sigv4(read_client.url_region(url) or region)
+    return ReadClient(url, auth, args.timeout)
+
+
+def _stack_name(region: str) -> str:
+    """samconfig.toml's stack name for the config env that deploys to ``region``, else its default one."""
+    for params in _deploy_parameters():
+        if params.get("region") == region and "stack_name" in params:
+            return str(params["stack_name"])
+    name = _samconfig().get("default", {}).get("global", {}).get("parameters", {}).get("stack_name")
+    if not name:
+        raise NoApi(f"samconfig.toml names no stack for {region}: pass --stack-name or --api-url")
+    return str(name)
+
+
+def _read_request(args: argparse.Namespace) -> tuple[str, dict[str, Any], str | None]:
+    """The path, query parameters and (for paged answers) the list's key of a ``read`` command."""
+    if args.what == "latest":
+        return f"/devices/{quote(args.device, safe='')}/latest", {}, None
+    if args.what == "history":
+        params = {"from": args.since, "to": args.until, "limit": args.limit}
+        return f"/devices/{quote(args.device, safe='')}/readings", params, "readings"
+    if args.what == "branch":
+        params = {"limit": args.limit, "stale_after": args.stale_after}
+        return f"/branches/{quote(args.branch, safe='')}/devices", params, "devices"
+    return "/branches", {}, None
+
+
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _when(text: str, now: datetime | None = None) -> str:
+    """``--since``/``--until``: a duration ago (``90s``, ``30m``, ``1h``, ``2d``) or an RFC 3339 time with a
+    zone, as the API's UTC form (``2026-11-02T09:00:00.000000Z``)."""
+    if found := re.fullmatch(r"(\d+)([smhd])", text.strip()):
+        when = (now or datetime.now(UTC)) - timedelta(seconds=int(found[1]) * _DURATION_S[found[2]])
+    else:
+        try:
+            when = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a duration (30m, 1h, 2d) or an RFC 3339 time (2026-11-02T09:00:00Z)"
+            ) from None
+        if when.tzinfo is None:
+            raise argparse.ArgumentTypeError(f"{text!r}: an RFC 3339 time needs a zone (Z or +01:00)")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _render_latest(doc: dict[str, Any], now: datetime) -> str:
+    r = doc["reading"]
+    lines = [
+        f"{r['device_id']}  branch {r.get('branch_id')}  {r['ts']} ({_age(r['ts'], now)} ago)  seq {r.get('seq', 0)}",
+        f"from the {doc.get('source')} in {doc.get('region')}; written in {r.get('origin_region')}",
+    ]
+    width = max((len(k) for k in r.get("metrics", {})), default=0)
+    return "\n".join(lines + [f"  {k.ljust(width)}  {_value(v)}" for k, v in r.get("metrics", {}).items()])
+
+
+def _render_history(doc: dict[str, Any], now: datetime) -> str:
+    rows = [[r["ts"], str(r.get("seq", 0)), _metrics(r.get("metrics", {}))] for r in doc["readings"]]
+    title = f"{doc['device_id']}: {len(rows)} readings, newest first ({doc.get('region')})"
+    return _table(title, ["ts", "seq", "metrics"], rows)
+
+
+def _render_branch(doc: dict[str, Any], now: datetime) -> str:
+    rows = [
+        [
+            d["device_id"],
+            d["last_seen"],
+            _age(d["last_seen"], now),
+            "STALE" if d.get("stale") else "",
+            _metrics(d.get("reading", {}).get("metrics", {})),
+        ]
+        for d in doc["devices"]
+    ]
+    title = (
+        f"branch {doc['branch_id']}: {len(rows)} devices, most recently seen first "
+        f"(from the {doc.get('source')} in {doc.get('region')}; stale after {doc.get('stale_after')} s)"
+    )
+    return _table(title, ["device", "last seen", "age", "stale", "metrics"], rows)
+
+
+def _render_branches(doc: dict[str, Any], now: datetime) -> str:
+    rows = [[b["branch_id"], str(b["devices"]), b["last_seen"], _age(b["last_seen"], now)] for b in doc["branches"]]
+    title = f"{len(rows)} branches (from the {doc.get('source')} in {doc.get('region')})"
+    return _table(title, ["branch", "devices", "last seen", "age"], rows)
+
+
+_RENDER = {
+    "latest": _render_latest,
+    "history": _render_history,
+    "branch": _render_branch,
+    "branches": _render_branches,
+}
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A title, then columns padded to their widest cell."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "\n".join([title, *lines])
+
+
+def _age(ts: str, now: datetime) -> str:
+    """How long ago, in its two largest units: ``45s``, ``5m12s``, ``3h05m``, ``2d04h``."""
+    seconds = max(0, int((now - datetime.fromisoformat(ts)).total_seconds()))
+    for unit, size, sub, sub_size in (("d", 86_400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub}"
+    return f"{seconds}s"
+
+
+def _metrics(metrics: dict[str, Any], width: int = 80) -> str:
+    """``name=value`` pairs on one line, cut at ``width``."""
+    text = " ".join(f"{k}={_value(v)}" for k, v in metrics.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 # ----------------------------------------------------------------------------------------------- invoke
 def _invoke(args: argparse.Namespace) -> int:
-    from devicepipe_tools.local.resources import function_env, template_env
+    from devicepipe_tools.local.resources import template_env
     from devicepipe_tools.template import load_template, resource
 
     template = load_template()
@@ -497,10 +723,10 @@ def _invoke(args: argparse.Namespace) -> int:
     if args.local:
         state = stack.read_state(args.state_dir)
         region = args.region or next(iter(state["regions"]))
+        res = stack.region_resources(state, region)
         env = {
             **os.environ,
-            **stack.base_env(state["endpoint"], region, state["redis_urls"][region]),
-            **function_env(template, args.function, stack.region_resources(state, region)),
+            **stack.lambda_env(template, args.function, state["endpoint"], state["redis_urls"][region], res),
         }
     else:
         # Like `sam local invoke`: real AWS through the credential chain; names of deployed resources come

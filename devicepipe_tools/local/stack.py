@@ -5,8 +5,9 @@
 2. creates every region's resources from template.yaml (``resources.create_region``),
 3. starts one worker process per (region, function with an event source mapping), with that region's
    environment and the function's resolved variables, as Lambda would run them,
-and records endpoints and pids in ``.local/state.json`` so ``produce --local``, ``invoke --local``,
-``status`` and the demo find it. ``down`` stops it all.
+4. serves each region's HttpApi routes on a port of its own (``api_server``, one process per region),
+and records endpoints (``api_urls``: each region's API) and pids in ``.local/state.json`` so ``produce --local``,
+``invoke --local``, ``read --local``, ``status`` and the demo find it. ``down`` stops it all.
 
 With more than one region, the supervisor also replicates the global table between them (``replication``),
 and honours regional outages (``outage``). Each region gets its own Redis database, as each region has its
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from devicepipe_tools.local.api_server import routes
 from devicepipe_tools.local.net import free_port
 from devicepipe_tools.local.outage import OutageMiddleware, down_regions, set_down
 from devicepipe_tools.local.redis_server import start_redis
@@ -220,6 +223,8 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
 
     from devicepipe_tools.local import moto_fixes
 
+    template = load_template()
+    api_function = _api_function(template)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     moto_fixes.apply()
     redis = start_redis()
@@ -229,7 +234,6 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
     outages = OutageMiddleware(server._server.app)  # type: ignore[union-attr]
     server._server.app = outages  # type: ignore[union-attr]
     endpoint = f"http://127.0.0.1:{port}"
-    template = load_template()
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -267,57 +271,54 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
     stale_files = ("loader.json", "warehouse.duckdb", "outages.json")
     for stale in [*state_dir.glob("esm-*.json"), replication_path(state_dir), *(state_dir / n for n in stale_files)]:
         stale.unlink(missing_ok=True)
-    workers = []
-    for region, res in resources.items():
-        for function in _functions_with_mappings(template):
-            env = {
-                **os.environ,
-                **base_env(endpoint, region, redis_urls[region]),
-                **function_env(template, function, res),
-            }
-            workers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "devicepipe_tools.local.worker",
-                        "--state-dir",
-                        str(state_dir),
-                        "--region",
-                        region,
-                        "--function",
-                        function,
-                    ],
-                    env=env,
-                    cwd=ROOT,
-                )
-            )
+    workers = [
+        _spawn(
+            "devicepipe_tools.local.worker",
+            ["--state-dir", str(state_dir), "--region", region, "--function", function],
+            lambda_env(template, function, endpoint, redis_urls[region], res),
+        )
+        for region, res in resources.items()
+        for function in _functions_with_mappings(template)
+    ]
     # The warehouse loader runs on a schedule in the primary region (the first one), over every region.
     primary = regions[0]
-    workers.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "devicepipe_tools.local.loader_worker", "--state-dir", str(state_dir)],
-            env={**os.environ, **base_env(endpoint, primary, redis_urls[primary])},
-            cwd=ROOT,
-        )
+    loader = _spawn(
+        "devicepipe_tools.local.loader_worker",
+        ["--state-dir", str(state_dir)],
+        base_env(endpoint, primary, redis_urls[primary]),
     )
-    # Ready once every worker has reported its first statistics (mappings polling, loader cycled).
-    expected = len(workers) - 1
+    # Each region's HTTP API (what `sam local start-api` serves), on its own port.
+    api_ports = {region: free_port() for region in regions} if api_function else {}
+    apis = [
+        _spawn(
+            "devicepipe_tools.local.api_server",
+            ["--region", region, "--function", api_function, "--port", str(port)],
+            lambda_env(template, api_function, endpoint, redis_urls[region], resources[region]),
+        )
+        for region, port in api_ports.items()
+        if api_function
+    ]
+    processes = [*workers, loader, *apis]
+    # Ready once every worker has reported its first statistics (mappings polling, loader cycled) and every
+    # API server accepts connections.
     while not stopping and (
-        len(list(state_dir.glob("esm-*.json"))) < expected or not (state_dir / "loader.json").exists()
+        len(list(state_dir.glob("esm-*.json"))) < len(workers)
+        or not (state_dir / "loader.json").exists()
+        or not all(_accepting(port) for port in api_ports.values())
     ):
-        if any(w.poll() is not None for w in workers):
+        if any(p.poll() is not None for p in processes):
             print("a worker exited during start-up", file=sys.stderr)
             stopping = True
             break
         time.sleep(0.1)
-    state["workers"] = [w.pid for w in workers]
+    state["api_urls"] = {region: f"http://127.0.0.1:{port}" for region, port in api_ports.items()}
+    state["workers"] = [p.pid for p in processes]
     state["ready"] = not stopping
     write_json(state_path(state_dir), state)
-    print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {len(workers)} workers", flush=True)
+    print(f"local stack ready: {endpoint}, regions {', '.join(regions)}, {len(processes)} workers", flush=True)
     ticks = 0
     while not stopping:
-        if any(w.poll() is not None for w in workers):
+        if any(p.poll() is not None for p in processes):
             print("a worker exited; stopping the stack", file=sys.stderr, flush=True)
             break
         down = down_regions(state_dir)
@@ -333,17 +334,47 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
         time.sleep(0.2)
     if replicator is not None:
         replicator.uninstall()
-    for w in workers:
-        if w.poll() is None:
-            w.terminate()
-    for w in workers:
+    for p in processes:
+        if p.poll() is None:
+            p.terminate()
+    for p in processes:
         try:
-            w.wait(timeout=15)
+            p.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            w.kill()
+            p.kill()
     server.stop()
     redis.stop()
     state_path(state_dir).unlink(missing_ok=True)
+
+
+def lambda_env(
+    template: dict[str, Any], function: str, endpoint: str, redis_url: str, res: RegionResources
+) -> dict[str, str]:
+    """A function's environment in one region of the local stack, as Lambda would set it: the local stack's
+    (``base_env``) and the function's variables resolved against the region's resources."""
+    return {**base_env(endpoint, res.region, redis_url), **function_env(template, function, res)}
+
+
+def _spawn(module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker process: ``python -m module args``, with ``env`` over this process's environment."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env}, cwd=ROOT)
+
+
+def _api_function(template: dict[str, Any]) -> str | None:
+    """The function behind the template's HttpApi routes, if any. One at most: the local stack serves one API
+    per region from one process, which runs one function's handler with that function's environment."""
+    functions = sorted({route.function for route in routes(template)})
+    if len(functions) > 1:
+        raise StackError(f"the local stack serves one function's HttpApi routes, template.yaml has {functions}")
+    return functions[0] if functions else None
+
+
+def _accepting(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def _functions_with_mappings(template: dict[str, Any]) -> list[str]:
