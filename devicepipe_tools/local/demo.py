@@ -539,7 +539,8 @@ def render(result: DemoResult) -> str:
         ),
         f"latency (stream -> stored)  p50 {lat.get('p50')} ms   p99 {lat.get('p99')} ms   max {lat.get('max')} ms",
         *(
-            f"freshness{label(r, tuple(f['freshness_ms']))} (PutRecords -> API latest)  p50 {v.get('p50')} ms   "
+            f"freshness{label(r, tuple(f['freshness_ms']))} (PutRecords -> API latest, pipeline idle)  "
+            f"p50 {v.get('p50')} ms   "
             f"p95 {v.get('p95')} ms   max {v.get('max')} ms over {v['readings']} readings, {v['missed']} not seen "
             f"(goal < {FRESHNESS_GOAL_S * 1000:.0f} ms)"
             for r, v in f.get("freshness_ms", {}).items()

@@ -24,6 +24,11 @@ def test_small_demo_is_consistent(tmp_path: Path) -> None:
     assert result.figures["staged_rows"] == 600
     assert result.figures["latency_ms"]["count"] == 600 + len(POISON_PILLS)
     assert "verdict: CONSISTENT" in report
+    # and what was stored reads back through the HTTP API (passing checks, counted above), fresh readings too
+    assert {"API latest", "API branches", "API history"} <= {c.name for c in result.checks}
+    assert result.figures["freshness_ms"]["us-east-1"]["count"] == 20
+    assert result.figures["freshness_ms"]["us-east-1"]["missed"] == 0
+    assert result.figures["hit_ratio"]["us-east-1"]["requests"] == 600
     assert not (tmp_path / "demo" / "state.json").exists()  # the stack was stopped
 
 
@@ -45,6 +50,10 @@ def test_small_two_region_demo_converges(tmp_path: Path) -> None:
     names = [c.name for c in result.checks]
     assert "tables: every region's replica holds the same items" in names
     assert sum(1 for n in names if n.startswith("cache [")) == 2
+    # each region's API answers every device's newest reading, every branch and every history
+    for check in ("API latest", "API branches", "API history"):
+        assert {f"{check} [us-east-1]", f"{check} [eu-west-1]"} <= set(names)
+    assert all(result.figures["freshness_ms"][r]["missed"] == 0 for r in ("us-east-1", "eu-west-1"))
     # the warehouse holds each reading once although readings sent to both regions were staged by both
     assert result.figures["warehouse_rows"] == 800 < result.figures["staged_rows"]
     assert result.figures["replication"]["replicated"] > 800
