@@ -334,3 +334,10 @@ def test_after_redis_fails_reads_skip_it_for_a_while_then_try_again(template: di
         now[0] = 6.0
         api.get(LATEST, device_id="dev-1")
         assert len(calls) == 2
+
+
+def test_every_answer_says_not_to_sniff_or_store_it(api: Api) -> None:
+    api.store("dev-1", "br-1", "2026-11-02T09:00:00Z")
+    for route, params in ((LATEST, {"device_id": "dev-1"}), (LATEST, {"device_id": "nobody"}), ("/branches", {})):
+        headers = api.get(route, **params)[2]
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["Cache-Control"] == "no-store", route

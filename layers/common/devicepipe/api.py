@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 
 from devicepipe.models import InvalidReading, canonical_time, format_epoch_s, is_valid_id
 from devicepipe.observability import logger
@@ -150,6 +151,14 @@ def build_app(
     then a clear error in the log rather than an import failure).
     """
     app = APIGatewayHttpResolver(serializer=_dumps)
+
+    def security_headers(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+        response: Response[Any] = next_middleware(app)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    app.use(middlewares=[security_headers])
 
     def params() -> dict[str, str]:
         return dict(app.current_event.query_string_parameters or {})
