@@ -17,6 +17,12 @@ def test_backoff_is_full_jitter_capped() -> None:
     assert b.delay(10, rng=lambda: 0.0) == 0.0
 
 
+def test_backoff_stays_at_its_cap_however_many_retries() -> None:
+    # A producer with a long deadline retries past 1,024 times: 2.0**1024 overflowed and dropped the batch
+    b = Backoff(base_s=0.1, cap_s=5.0, max_attempts=100_000)
+    assert [b.delay(n, rng=lambda: 1.0) for n in (1_023, 1_024, 5_000, 10**9)] == [5.0] * 4
+
+
 @pytest.mark.parametrize(
     ("exc", "transient"),
     [

@@ -33,6 +33,8 @@ TRANSIENT_CODES = frozenset(
         "KMSThrottlingException",
     }
 )
+#: Beyond 2**64 times any sensible base, every cap has long been reached.
+_MAX_EXPONENT = 64
 _TRANSIENT_EXCEPTIONS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
 
 
@@ -65,8 +67,9 @@ class Backoff:
     max_attempts: int = 8
 
     def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
-        """Seconds to wait before retry number ``retry`` (0-based)."""
-        return rng() * min(self.cap_s, self.base_s * 2.0**retry)
+        """Seconds to wait before retry number ``retry`` (0-based). The exponent stops growing once the cap is
+        reached (2.0 ** 1024 overflows a float: a long-running retry loop must not crash on its 1,024th try)."""
+        return rng() * min(self.cap_s, self.base_s * 2.0 ** min(retry, _MAX_EXPONENT))
 
 
 @dataclass
