@@ -34,9 +34,7 @@ def main() -> list[tuple[str, float, float, bool]]:
         for b in range(OBJECTS):
             stager.stage(list(changes(insert_batch(b, ROWS_PER_OBJECT, devices=300, branches=17))))
         warehouse = DuckDBWarehouse(Path(tmp) / "bench.duckdb", s3)
-        loader = Loader(
-            s3, warehouse, [Source("staging", "us-east-1")], "staging", max_objects=MAX_OBJECTS_PER_MANIFEST
-        )
+        loader = Loader(s3, warehouse, Source("staging", "us-east-1"), "staging", max_objects=MAX_OBJECTS_PER_MANIFEST)
         loader.ensure_schema()
         started = time.perf_counter()
         report = loader.run()

@@ -145,9 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="the local stack's warehouse (DuckDB)")
     p.add_argument("--workgroup", help="Redshift Serverless workgroup (AWS)")
     p.add_argument("--database", default="devicepipe", help="database (AWS; default devicepipe)")
-    p.add_argument("--manifest-bucket", help="staging bucket holding the manifests (AWS)")
-    p.add_argument("--sources", help="staging buckets as bucket:region,bucket:region (AWS)")
-    p.add_argument("--region", help="AWS region of the warehouse")
+    p.add_argument(
+        "--staging-bucket",
+        help="the warehouse region's staging bucket: both regions' readings, the other's replicated in (AWS)",
+    )
+    p.add_argument("--manifest-bucket", help="bucket holding the manifests (AWS; default: --staging-bucket)")
+    p.add_argument("--region", help="AWS region of the warehouse (and of its staging bucket)")
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_loads)
 
@@ -208,6 +211,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env-vars", help="JSON file of environment overrides, as for `sam local invoke --env-vars`")
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_invoke)
+
+    p = sub.add_parser(
+        "plan",
+        help="capacity and monthly cost of a fleet on this template (docs/plan.md)",
+        description="What a fleet needs (Kinesis, Lambda, DynamoDB, S3, Redis, Aurora, Redshift) and what it costs "
+        "a month, from template.yaml's settings and devicepipe_tools/prices.toml. Defaults: the seed's fleet.",
+    )
+    p.add_argument("--devices", type=_positive, default=1000, help="devices (default 1000)")
+    p.add_argument("--interval", type=_positive_float, default=60.0, help="seconds between a device's readings (60)")
+    p.add_argument("--branches", type=_positive, default=50, help="branches the devices belong to (default 50)")
+    p.add_argument("--regions", help="comma-separated, primary first (default: the template's two regions)")
+    p.add_argument("--reading-bytes", type=_positive, default=200, help="bytes of one reading's JSON (default 200)")
+    p.add_argument(
+        "--reads-per-second", type=_non_negative_float, default=5.0, help="read API requests/s, all regions (5)"
+    )
+    p.add_argument("--cache-hit-ratio", type=float, default=0.85, help="share of reads Redis answers (0.85)")
+    p.add_argument("--headroom", type=float, default=2.0, help="capacity / average load to size for (2)")
+    p.add_argument("--prices", type=Path, help="price table (default devicepipe_tools/prices.toml)")
+    p.add_argument("--detail", action="store_true", help="also print every cost line (quantity x unit price)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
+    p.set_defaults(run=_plan)
     return parser
 
 
@@ -215,6 +239,20 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be zero or a positive number")
     return value
 
 
@@ -479,18 +517,19 @@ def _loads(args: argparse.Namespace) -> int:
 
         loader = build_loader(stack.read_state(args.state_dir), args.state_dir)
     else:
-        missing = [f for f in ("workgroup", "manifest_bucket", "sources") if not getattr(args, f)]
+        missing = [f for f in ("workgroup", "staging_bucket", "region") if not getattr(args, f)]
         if missing:
             print(
                 f"devicepipe: loads needs --local, or {', '.join('--' + m.replace('_', '-') for m in missing)}",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        sources = [Source(*pair.split(":", 1)) for pair in args.sources.split(",")]
         warehouse = RedshiftDataApi(
             boto3.client("redshift-data", region_name=args.region), args.workgroup, args.database
         )
-        loader = Loader(boto3.client("s3", region_name=args.region), warehouse, sources, args.manifest_bucket)
+        source = Source(args.staging_bucket, args.region)
+        s3 = boto3.client("s3", region_name=args.region)
+        loader = Loader(s3, warehouse, source, args.manifest_bucket or args.staging_bucket, region=args.region)
     if args.action == "list":
         pending = loader.pending()
         print(f"pending: {len(pending)} staged objects in {len(loader.plan(pending))} manifests")
@@ -749,6 +788,36 @@ def _invoke(args: argparse.Namespace) -> int:
         check=False,
     )
     return EXIT_OK if done.returncode == 0 else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------------------------- plan
+def _plan(args: argparse.Namespace) -> int:
+    from devicepipe_tools import plan
+    from devicepipe_tools.template import load_template, parameter_default
+
+    try:
+        template = load_template()
+        regions = (
+            _regions(args.regions)
+            if args.regions is not None
+            else tuple(str(parameter_default(template, p)) for p in ("PrimaryRegion", "SecondaryRegion"))
+        )
+        fleet = plan.Fleet(
+            devices=args.devices,
+            interval_s=args.interval,
+            branches=args.branches,
+            regions=regions,
+            reading_bytes=args.reading_bytes,
+            reads_per_s=args.reads_per_second,
+            cache_hit_ratio=args.cache_hit_ratio,
+            headroom=args.headroom,
+        )
+        result = plan.plan(fleet, template, plan.load_prices(args.prices or plan.PRICES))
+    except plan.PlanError as exc:
+        print(f"devicepipe plan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(result.to_json(), indent=1) if args.json else plan.render(result, detail=args.detail))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

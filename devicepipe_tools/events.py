@@ -292,9 +292,12 @@ def sample_events() -> dict[str, dict[str, Any]]:
             ("INSERT", table_item(newer, origin_region=us, latest=True)),
             ("REMOVE", table_item(moved, origin_region=us)),
         ),
-        # dev-001: eu-west-1's older LATEST won by last writer wins (a regression to repair); dev-003: forward.
-        "latest_repair/replicated-regression.json": stream(
+        # Both purposes of the function: readings for the cache, and LATEST changes for the repair. dev-001:
+        # eu-west-1's older LATEST won by last writer wins (a regression to repair); dev-003: moved forward.
+        "cache_updater/readings-and-latest-regression.json": stream(
+            ("INSERT", table_item(newer, origin_region=us)),
             ("MODIFY", table_item(older, origin_region=eu, latest=True), table_item(newer, latest=True)),
+            ("INSERT", table_item(replicated, origin_region=eu)),
             ("MODIFY", table_item(replicated, origin_region=eu, latest=True), table_item(valid[3], latest=True)),
         ),
         "loader/scheduled.json": {

@@ -6,7 +6,7 @@ samconfig.toml ``dist/<region>/template.yaml`` (the built template pointing at t
 ``dist/<region>/parameters.txt`` (its parameter overrides). Deploying them needs AWS and nothing else:
 
     sam deploy --template-file dist/us-east-1/template.yaml --region us-east-1 --resolve-s3 \\
-        --capabilities CAPABILITY_IAM --parameter-overrides $(cat dist/us-east-1/parameters.txt)
+        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --parameter-overrides $(cat dist/us-east-1/parameters.txt)
 
 (`sam deploy` uploads the local zips; `sam package` would need S3 already.)
 """

@@ -32,7 +32,8 @@ class RegionResources:
 
 
 class Resolver:
-    """Resolves ``Ref``, ``Fn::GetAtt``, ``Fn::Sub``, ``Fn::If`` and ``Fn::Equals`` for one region."""
+    """Resolves ``Ref``, ``Fn::GetAtt``, ``Fn::Sub``, ``Fn::Join``, ``Fn::If`` and the condition functions for one
+    region."""
 
     def __init__(self, template: dict[str, Any], resources: RegionResources) -> None:
         self.template = template
@@ -74,6 +75,14 @@ class Resolver:
         if fn == "Fn::If":
             cond, yes, no = arg
             return self.resolve(yes if self.condition(cond) else no)
+        if fn in ("Condition", "Fn::Condition"):  # a condition naming another (load_template reads !Condition so)
+            return self.condition(arg)
+        if fn == "Fn::Not":
+            return not self.resolve(arg[0])
+        if fn == "Fn::And":
+            return all(self.resolve(a) for a in arg)
+        if fn == "Fn::Or":
+            return any(self.resolve(a) for a in arg)
         if fn == "Fn::Join":
             sep, parts = arg
             return sep.join(str(p) for p in self.resolve(parts))

@@ -1,18 +1,42 @@
-"""CacheUpdaterFunction: DynamoDB Streams (every write, local and replicated) -> Redis latest-per-device."""
+"""CacheUpdaterFunction: the table's stream (every write, local and replicated) -> what readers see, kept current.
+
+Two purposes share this function and its one event source mapping, since AWS advises at most two readers per
+DynamoDB stream shard (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html) and the stager is the other:
+
+- the cache (``devicepipe.cache``): reading inserts and modifications -> Redis latest-per-device, by a Lua
+  compare-and-set;
+- the LATEST repair (``devicepipe.repair``): LATEST modifications that cross-region last writer wins moved back
+  -> the newer image written back under the ingest's condition.
+
+Each purpose runs over its own records on every attempt and reports only its own records in
+``batchItemFailures``: Redis down fails the reading records, a repair write that keeps failing its LATEST record.
+The repair runs in a thread of its own beside the cache, so a Redis outage (timeouts, retries) neither stops nor
+delays it. Lambda checkpoints before the lowest reported record and replays every record after it, so both
+purposes are idempotent: the compare-and-set ignores what is not newer, and the conditional put refuses it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
 
-from devicepipe.cache import CacheUnavailable, CacheWriter, connect, newest_per_device
-from devicepipe.config import CacheSettings
+from devicepipe.cache import CacheUnavailable, CacheWriter, connect, is_cached, newest_per_device
+from devicepipe.config import CacheSettings, RepairSettings
+from devicepipe.dynamo import DynamoWriter
 from devicepipe.observability import logger, metrics, tracer
+from devicepipe.repair import Regression, RepairResult, regressions, restore
+from devicepipe.retry import Deadline, Retrier
 from devicepipe.streams import changes
+
+#: The repair's own thread, so that it runs beside the cache whatever Redis does.
+_REPAIRS = ThreadPoolExecutor(1, thread_name_prefix="latest-repair")
 
 
 @cache
@@ -23,23 +47,78 @@ def _writer() -> CacheWriter:
     return CacheWriter(connect(settings, secrets), settings.key_prefix, settings.retention_days * 86_400)
 
 
+@cache
+def _repairer() -> tuple[DynamoWriter, Deadline]:
+    """The DynamoDB writer of the LATEST repair, once per container (created on the first regression)."""
+    settings = RepairSettings.from_env()
+    config = Config(max_pool_connections=settings.max_concurrency, retries={"mode": "standard", "max_attempts": 3})
+    deadline = Deadline(lambda: 2**31)  # replaced per invocation by the context's remaining time
+    executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="repair")
+    writer = DynamoWriter(
+        boto3.client("dynamodb", config=config),
+        settings.table_name,
+        executor,
+        Retrier(deadline=deadline),
+        settings.max_concurrency,
+    )
+    return writer, deadline
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records", [])
-    writer = _writer()
+    found = regressions(records)
+    repairing = _REPAIRS.submit(_repair, found, context.get_remaining_time_in_millis) if found else None
+    try:
+        cache_failed = _update_cache(records)
+    finally:
+        # Waited for even when the cache raised: the repair is written on this attempt whatever the cache did.
+        repaired = repairing.result() if repairing else RepairResult()
+        _report_repair(repaired, len(records))
+    failed = cache_failed | set(repaired.failed)
+    numbers = (r["dynamodb"]["SequenceNumber"] for r in records)
+    return {"batchItemFailures": [{"itemIdentifier": n} for n in numbers if n in failed]}
+
+
+def _update_cache(records: Sequence[dict[str, Any]]) -> set[str]:
+    """Apply the batch's readings to Redis; the sequence numbers to retry (the reading records) if it fails."""
     batch = list(changes(records))
     updates = newest_per_device(batch)
     try:
-        applied = writer.apply(updates)
+        applied = _writer().apply(updates) if updates else 0
     except CacheUnavailable as exc:
-        # Nothing is lost: every record goes back to Lambda, which retries the batch (updates are idempotent).
-        logger.error("cache unavailable; batch left for retry", extra={"error": str(exc), "records": len(records)})
+        # Nothing is lost: the reading records go back to Lambda, which retries them (updates are idempotent).
+        mine = {c.sequence_number for c in batch if is_cached(c)}
+        logger.error("cache unavailable; its records left for retry", extra={"error": str(exc), "records": len(mine)})
         metrics.add_metric("CacheFailures", MetricUnit.Count, 1)
-        return {"batchItemFailures": [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in records]}
+        return mine
     metrics.add_metric("StreamRecords", MetricUnit.Count, len(records))
     metrics.add_metric("CacheUpdates", MetricUnit.Count, applied)
     metrics.add_metric("CacheStale", MetricUnit.Count, len(updates) - applied)
     logger.info("cache updated", extra={"records": len(records), "devices": len(updates), "applied": applied})
-    return {"batchItemFailures": []}
+    return set()
+
+
+def _repair(found: Sequence[Regression], remaining_ms: Callable[[], int]) -> RepairResult:
+    writer, deadline = _repairer()
+    deadline.remaining_ms = remaining_ms
+    return restore(writer, found)
+
+
+def _report_repair(result: RepairResult, records: int) -> None:
+    metrics.add_metric("LatestRegressions", MetricUnit.Count, result.regressions)
+    metrics.add_metric("LatestRepaired", MetricUnit.Count, result.repaired)
+    metrics.add_metric("LatestRepairFailures", MetricUnit.Count, len(result.failed))
+    if result.regressions:
+        logger.info(
+            "LATEST regressions repaired",
+            extra={
+                "records": records,
+                "regressions": result.regressions,
+                "repaired": result.repaired,
+                "already_newer": result.already_newer,
+                "failed": len(result.failed),
+            },
+        )

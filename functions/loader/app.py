@@ -31,11 +31,12 @@ def _loader() -> tuple[Loader, Deadline]:
     loader = Loader(
         boto3.client("s3"),
         warehouse,
-        [Source(bucket, region) for bucket, region in settings.sources],
+        Source(settings.staging_bucket, settings.region),  # both regions' readings: the other's are replicated in
         settings.manifest_bucket,
         settings.copy_role_arn,
         settings.max_objects,
         settings.max_bytes,
+        region=settings.region,
     )
     return loader, deadline
 

@@ -54,6 +54,8 @@ def test_small_two_region_demo_converges(tmp_path: Path) -> None:
     for check in ("API latest", "API branches", "API history"):
         assert {f"{check} [us-east-1]", f"{check} [eu-west-1]"} <= set(names)
     assert all(result.figures["freshness_ms"][r]["missed"] == 0 for r in ("us-east-1", "eu-west-1"))
-    # the warehouse holds each reading once although readings sent to both regions were staged by both
+    # the warehouse holds each reading once although readings sent to both regions were staged by both, and it
+    # loaded them all from the primary's bucket: eu-west-1's staged objects reached it by (emulated) S3 replication
     assert result.figures["warehouse_rows"] == 800 < result.figures["staged_rows"]
+    assert 0 < result.figures["staging_replicated"] < result.figures["staged_objects"]
     assert result.figures["replication"]["replicated"] > 800

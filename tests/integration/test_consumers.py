@@ -1,4 +1,5 @@
-"""CacheUpdaterFunction against a real Redis server, StagerFunction against moto S3, through their handlers."""
+"""CacheUpdaterFunction against a real Redis server (and moto DynamoDB for its LATEST repair), StagerFunction
+against moto S3, through their handlers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -13,15 +15,19 @@ import pytest
 import redis
 from moto import mock_aws
 
+from devicepipe.dynamo import DynamoWriter
+from devicepipe.retry import Backoff, Deadline, Retrier
 from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.fakes import FakeDynamo, FaultyDynamo
 from devicepipe_tools.template import ROOT, create_table_kwargs
 from functions.cache_updater import app as cache_app
-from functions.latest_repair import app as repair_app
 from functions.stager import app as stager_app
 from tests.conftest import FakeLambdaContext, PrivateRedis
 
 pytestmark = pytest.mark.integration
 SHARED_REDIS = "redis://127.0.0.1:6379/15"
+TABLE = "devicepipe-readings"
+BOTH_PURPOSES = "cache_updater/readings-and-latest-regression.json"
 
 
 def redis_available(url: str) -> bool:
@@ -39,7 +45,7 @@ def cache_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("REDIS_URL", SHARED_REDIS)
     monkeypatch.setenv("CACHE_KEY_PREFIX", prefix)
-    monkeypatch.setenv("TABLE_NAME", "devicepipe-readings")
+    monkeypatch.setenv("TABLE_NAME", TABLE)
     cache_app._writer.cache_clear()
     client = redis.Redis.from_url(SHARED_REDIS, decode_responses=True)
     yield client
@@ -88,7 +94,7 @@ def test_replayed_and_replicated_writes(cache_env: redis.Redis, lambda_context: 
     assert cache_env.ttl(f"{prefix}:device:dev-002") > 0  # expires with the reading's DynamoDB TTL
 
 
-def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
+def test_redis_down_mid_batch_fails_the_readings_and_the_retry_loses_nothing(
     lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
 ) -> None:
     monkeypatch.setenv("REDIS_URL", private_redis.url)
@@ -98,11 +104,14 @@ def test_redis_down_mid_batch_fails_the_batch_and_the_retry_loses_nothing(
         # Given a first batch applied, then Redis going away
         cache_app.lambda_handler(sample("cache_updater/out-of-order.json"), lambda_context)
         private_redis.stop()
-        # When the next batch arrives, every record is reported for retry
+        # When the next batch arrives, every reading insert or change in it is reported for retry (its LATEST
+        # insert and REMOVE, which the mapping's filters would not even pass, are no cache work)
         event = sample("cache_updater/mixed.json")
         response = cache_app.lambda_handler(event, lambda_context)
         assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [
-            r["dynamodb"]["SequenceNumber"] for r in event["Records"]
+            r["dynamodb"]["SequenceNumber"]
+            for r in event["Records"]
+            if r["eventName"] != "REMOVE" and r["dynamodb"]["Keys"]["sk"]["S"].startswith("R#")
         ]
         # And once Redis is back, the retried batch is applied
         private_redis.start()
@@ -150,25 +159,101 @@ def test_stager_failure_reports_every_record(
     assert len(response["batchItemFailures"]) == len(event["Records"])
 
 
-def test_latest_repair_restores_the_newer_image_that_replication_overwrote(
-    template: dict[str, Any], lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    event = sample("latest_repair/replicated-regression.json")
-    regressed, forward = (r["dynamodb"] for r in event["Records"])
+@pytest.fixture
+def table(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The readings table in moto, for the LATEST repair's writes."""
     with mock_aws():
         ddb = boto3.client("dynamodb")
-        ddb.create_table(**create_table_kwargs(template, "ReadingsTable", "t"))
-        # The table as last-writer-wins left it: the older reading in dev-001's LATEST, dev-003 moved forward.
-        ddb.put_item(TableName="t", Item=regressed["NewImage"])
-        ddb.put_item(TableName="t", Item=forward["NewImage"])
-        monkeypatch.setenv("TABLE_NAME", "t")
-        repair_app._writer.cache_clear()
-        try:
-            assert repair_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
-            # replayed (the ESM retries whole batches): the condition refuses, nothing changes
-            assert repair_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
-        finally:
-            repair_app._writer.cache_clear()
-        stored = {i["device_id"]["S"]: i for i in ddb.scan(TableName="t")["Items"] if i["sk"]["S"] == "LATEST"}
-    assert stored["dev-001"] == regressed["OldImage"]  # restored exactly, origin region included
-    assert stored["dev-003"] == forward["NewImage"]  # a forward move is left alone
+        ddb.create_table(**create_table_kwargs(template, "ReadingsTable", TABLE))
+        monkeypatch.setenv("TABLE_NAME", TABLE)
+        cache_app._repairer.cache_clear()
+        yield ddb
+        cache_app._repairer.cache_clear()
+
+
+def latest_changes(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sample's LATEST changes: dev-001 moved back by last writer wins, dev-003 moved forward."""
+    regressed, forward = (r["dynamodb"] for r in event["Records"] if r["dynamodb"]["Keys"]["sk"]["S"] == "LATEST")
+    return regressed, forward
+
+
+def as_left_by_last_writer_wins(ddb: Any, event: dict[str, Any]) -> None:
+    """LATEST items as replication left them: each LATEST change's new image stored."""
+    for change in latest_changes(event):
+        ddb.put_item(TableName=TABLE, Item=change["NewImage"])
+
+
+def latest_items(ddb: Any) -> dict[str, dict[str, Any]]:
+    return {i["device_id"]["S"]: i for i in ddb.scan(TableName=TABLE)["Items"] if i["sk"]["S"] == "LATEST"}
+
+
+def sequence_numbers(event: dict[str, Any], sk_prefix: str) -> list[str]:
+    records = event["Records"]
+    return [r["dynamodb"]["SequenceNumber"] for r in records if r["dynamodb"]["Keys"]["sk"]["S"].startswith(sk_prefix)]
+
+
+def test_one_batch_updates_the_cache_and_restores_the_latest_that_replication_moved_back(
+    cache_env: redis.Redis, table: Any, lambda_context: FakeLambdaContext
+) -> None:
+    # Given a batch of both kinds (its mapping passes readings and LATEST changes), and dev-001's LATEST moved
+    # back to an older reading by last writer wins
+    event = sample(BOTH_PURPOSES)
+    regressed, forward = latest_changes(event)
+    as_left_by_last_writer_wins(table, event)
+    # When it is handled, then replayed (Lambda replays the records after a checkpoint)
+    assert cache_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    assert cache_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    # Then LATEST holds the newer image again, exactly (origin region included); a forward move is left alone
+    stored = latest_items(table)
+    assert stored["dev-001"] == regressed["OldImage"]
+    assert stored["dev-003"] == forward["NewImage"]
+    # And the readings are cached
+    assert cached(cache_env, "dev-001")["seq"] == "2"
+    assert cached(cache_env, "dev-003")["origin_region"] == "eu-west-1"
+
+
+def test_redis_down_fails_only_the_readings_and_the_repair_is_written_on_every_attempt(
+    table: Any, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch, private_redis: PrivateRedis
+) -> None:
+    """Lambda checkpoints before the lowest reported sequence number and retries every record from there
+    (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html), so a Redis outage
+    replays the LATEST records after the first reading too: the repair must run, and succeed, on each attempt."""
+    monkeypatch.setenv("REDIS_URL", private_redis.url)
+    cache_app._writer.cache_clear()
+    event = sample(BOTH_PURPOSES)
+    regressed, _ = latest_changes(event)
+    private_redis.stop()
+    try:
+        for _attempt in range(2):
+            # Given LATEST moved back (again, before each attempt) and Redis down
+            as_left_by_last_writer_wins(table, event)
+            # When the batch is handled, only the reading records are reported for retry
+            response = cache_app.lambda_handler(event, lambda_context)
+            assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == sequence_numbers(event, "R#")
+            # And the repair was written all the same
+            assert latest_items(table)["dev-001"] == regressed["OldImage"]
+        # Then once Redis is back, the retried batch is applied and the replayed repair changes nothing
+        private_redis.start()
+        assert cache_app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+        client = redis.Redis(port=private_redis.port, decode_responses=True)
+        assert client.hget("dp:device:dev-001", "seq") == "2"
+        assert latest_items(table)["dev-001"] == regressed["OldImage"]
+    finally:
+        cache_app._writer.cache_clear()
+
+
+def test_a_repair_write_that_keeps_failing_fails_only_its_latest_record(
+    cache_env: redis.Redis, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given DynamoDB throttling every write of the repair
+    throttled = FaultyDynamo(FakeDynamo(), throttled_calls=100)
+    retrier = Retrier(Backoff(base_s=0.001, cap_s=0.001, max_attempts=3), sleep=lambda _: None)
+    writer = DynamoWriter(throttled, TABLE, ThreadPoolExecutor(2), retrier, 2)
+    monkeypatch.setattr(cache_app, "_repairer", lambda: (writer, Deadline.unlimited()))
+    # When a batch of both kinds is handled
+    event = sample(BOTH_PURPOSES)
+    response = cache_app.lambda_handler(event, lambda_context)
+    # Then only the regression's record is reported, and the readings are cached all the same
+    regressed, _ = latest_changes(event)
+    assert response == {"batchItemFailures": [{"itemIdentifier": regressed["SequenceNumber"]}]}
+    assert cached(cache_env, "dev-001")["seq"] == "2"

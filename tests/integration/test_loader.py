@@ -20,7 +20,8 @@ from devicepipe.streams import changes
 from devicepipe.warehouse import LoadFailed, RedshiftDataApi
 from devicepipe_tools.events import insert_batch
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
-from devicepipe_tools.template import ROOT
+from devicepipe_tools.local.staging_replication import StagingReplicator, replication_prefixes
+from devicepipe_tools.template import ROOT, load_template
 from functions.loader import app as loader_app
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def rows(warehouse: DuckDBWarehouse) -> list[tuple[Any, ...]]:
 
 
 def loader_for(s3: Any, tmp_path: Path, **kw: Any) -> Loader:
-    return Loader(s3, DuckDBWarehouse(tmp_path / "wh.duckdb", s3), [US], "staging", **kw)
+    return Loader(s3, DuckDBWarehouse(tmp_path / "wh.duckdb", s3), US, "staging", **kw)
 
 
 def test_one_copy_per_manifest_and_a_repeated_load_changes_nothing(s3: Any, tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ class Paused:
 def test_a_paused_warehouse_defers_the_cycle_and_nothing_is_lost(s3: Any, tmp_path: Path) -> None:
     expected = stage_batches(s3, 4)
     warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", s3)
-    loader = Loader(s3, Paused(warehouse, 1), [US], "staging", max_objects=2)
+    loader = Loader(s3, Paused(warehouse, 1), US, "staging", max_objects=2)
     first = loader.run()
     assert first.deferred and "paused" in first.deferred and not first.failed and first.loaded_objects == 0
     second = loader.run()
@@ -186,7 +187,39 @@ def test_a_backfill_prefix_outside_the_staging_area_is_refused(lambda_context: A
 def test_load_lag_is_the_age_of_the_oldest_object_left_pending(s3: Any, tmp_path: Path) -> None:
     stage_batches(s3, 3)
     warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", s3)
-    deferred = Loader(s3, Paused(warehouse, 5), [US], "staging", max_objects=1).run()
+    deferred = Loader(s3, Paused(warehouse, 5), US, "staging", max_objects=1).run()
     assert deferred.oldest_pending_age_s >= 0.0 and deferred.pending_objects == 3
     assert deferred.oldest_pending_age_s < 120  # just staged
-    assert Loader(s3, warehouse, [US], "staging").run().oldest_pending_age_s == 0.0
+    assert Loader(s3, warehouse, US, "staging").run().oldest_pending_age_s == 0.0
+
+
+def test_the_secondarys_staging_replicated_in_loads_once_beside_the_primarys(tmp_path: Path) -> None:
+    """The secondary region's staged objects reach the primary's bucket by S3 replication under their own keys
+    (replicas keep key, metadata and creation time: https://docs.aws.amazon.com/AmazonS3/latest/userguide/replication.html),
+    so the loader reads one bucket of its region and the ledger dedups replicas by key like any other object.
+    Locally the loader worker's ``StagingReplicator`` stands in for S3 replication, with the template's prefix."""
+    with mock_aws():
+        # Given each region's stager writing its own bucket, and the rule's prefix for the secondary
+        us, eu = boto3.client("s3", region_name="us-east-1"), boto3.client("s3", region_name="eu-west-1")
+        us.create_bucket(Bucket="staging-us")
+        eu.create_bucket(Bucket="staging-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        Stager(us, "staging-us", "us-east-1", Retrier()).stage(list(changes(insert_batch(0, 40))))
+        eu_stager = Stager(eu, "staging-eu", "eu-west-1", Retrier())
+        eu_stager.stage(list(changes(insert_batch(1, 40, origin_region="eu-west-1"))))
+        (prefix,) = replication_prefixes(load_template(), "eu-west-1")
+        assert prefix == "readings/origin=eu-west-1/"
+        replicator = StagingReplicator(eu, "staging-eu", us, "staging-us", prefix)
+        # When it replicates (twice: the second finds nothing new) and the primary's loader runs
+        assert (replicator.run(), replicator.run()) == (1, 0)
+        warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", us)
+        loader = Loader(us, warehouse, Source("staging-us", "us-east-1"), "staging-us", region="us-east-1")
+        report = loader.run()
+        # Then both regions' readings are loaded once, from the primary's bucket only
+        assert (report.pending_objects, report.loaded_objects) == (2, 2)
+        assert len(rows(warehouse)) == len(set(rows(warehouse))) == 80
+        assert {o.source.bucket for o in loader.staged()} == {"staging-us"}
+        # And a retried batch in the secondary (same key) replicated again loads nothing twice
+        eu_stager.stage(list(changes(insert_batch(1, 40, origin_region="eu-west-1"))))
+        replicator.copied.clear()
+        assert replicator.run() == 1
+        assert loader.run().pending_objects == 0 and len(rows(warehouse)) == 80

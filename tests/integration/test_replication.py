@@ -114,7 +114,7 @@ def test_the_latest_condition_holds_per_region_only_so_lww_can_move_latest_back_
     # Last writer wins: both regions now hold the OLDER reading (what DynamoDB does too) ...
     for region in (US, EU):
         assert get(regions[region], "DEVICE#d4", "LATEST")["latest_at"] == item(older, EU, latest=True)["latest_at"]  # type: ignore[index]
-    # ... and us-east-1's stream shows the regression that LatestRepairFunction undoes.
+    # ... and us-east-1's stream shows the regression that CacheUpdaterFunction's LATEST repair undoes.
     (found,) = regressions(stream_records(regions, US))
     assert found.version == item(newer, US, latest=True)["latest_at"]["S"]
     assert regressions(stream_records(regions, EU)) == []

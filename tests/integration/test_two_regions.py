@@ -75,9 +75,11 @@ def wait_settled(both: dict[str, Any], timeout_s: float = 90) -> None:
 
 
 def staged(both: dict[str, Any], region: str, prefix: str) -> Counter[tuple[str, str, int]]:
+    """What ``region``'s stager staged: its own origin prefix (the primary's bucket also holds the other region's
+    objects, replicated in for the warehouse: docs/warehouse-regions.md)."""
     s3, bucket = both[region]["s3"], both[region]["res"].names["StagingBucket"]
     counts: Counter[tuple[str, str, int]] = Counter()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="readings/"):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"readings/origin={region}/"):
         for obj in page.get("Contents", []):
             for line in gzip.decompress(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()).splitlines():
                 row = json.loads(line)
@@ -151,10 +153,11 @@ def test_latest_moved_back_by_last_writer_wins_is_repaired_in_both_regions(both:
         return found["latest_at"]["S"] if found else None
 
     # When replication delivers eu-west-1's later write to us-east-1 (last writer wins: the older reading),
-    # LatestRepairFunction in us-east-1 writes the newer image back, and that write replicates to eu-west-1
+    # the LATEST repair in us-east-1's CacheUpdaterFunction (its mapping passes LATEST changes too) writes the
+    # newer image back, and that write replicates to eu-west-1
     wait_for(lambda: latest_in(US) == latest_in(EU) == newer["latest_at"] and stack.settled(both["state_dir"]), 90)
-    repairs = stack.mapping_stats(both["state_dir"])[f"{US}/LatestRepairEventSourceMapping"]
-    assert repairs["records_done"] >= 1 and repairs["function_errors"] == 0
+    consumer = stack.mapping_stats(both["state_dir"])[f"{US}/CacheUpdaterEventSourceMapping"]
+    assert consumer["records_done"] >= 1 and consumer["function_errors"] == 0
     # Then both regions keep the newest reading, with its own origin
     for region in (US, EU):
         assert items_of(both, region, "lw-")[("DEVICE#lw-1", "LATEST")]["origin_region"] == {"S": US}
@@ -195,7 +198,7 @@ def test_an_outage_of_one_region_loses_nothing_and_it_catches_up_when_back(
         assert cached_version(both, EU, device) == version
     # And nothing was given up anywhere, nor staged by eu-west-1 (none of it was ingested there)
     for region in (US, EU):
-        for queue in ("IngestFailureQueue", "CacheFailureQueue", "StagerFailureQueue", "LatestRepairFailureQueue"):
+        for queue in ("IngestFailureQueue", "CacheFailureQueue", "StagerFailureQueue"):
             attrs = both[region]["sqs"].get_queue_attributes(
                 QueueUrl=both[region]["res"].names[queue], AttributeNames=["ApproximateNumberOfMessages"]
             )

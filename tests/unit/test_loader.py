@@ -9,31 +9,60 @@ import pytest
 import sqlglot
 from botocore.stub import Stubber
 
-from devicepipe.loader import Loader, Manifest, Source, StagedObject
+from devicepipe.config import ConfigError, LoaderSettings
+from devicepipe.loader import CrossRegionStaging, Loader, Manifest, Source, StagedObject
 from devicepipe.retry import Backoff, Deadline
 from devicepipe.warehouse import DDL, LoadFailed, RedshiftDataApi, is_retryable, load_statements
 
+#: The primary region's staging bucket: its own readings and, replicated in, the secondary region's.
 US, EU = Source("staging-us", "us-east-1"), Source("staging-eu", "eu-west-1")
 
 
-def objs(source: Source, sizes: list[int]) -> list[StagedObject]:
+def objs(source: Source, sizes: list[int], origin: str = "") -> list[StagedObject]:
     return [
-        StagedObject(source, f"readings/origin={source.region}/dt=2026-11-02/hour=09/{i:04d}.jsonl.gz", s)
+        StagedObject(source, f"readings/origin={origin or source.region}/dt=2026-11-02/hour=09/{i:04d}.jsonl.gz", s)
         for i, s in enumerate(sizes)
     ]
 
 
-def test_manifests_are_bounded_by_count_and_bytes_and_never_mix_sources() -> None:
-    loader = Loader(s3=None, warehouse=None, sources=[US, EU], manifest_bucket="m", max_objects=3, max_bytes=1000)  # type: ignore[arg-type]
-    manifests = loader.plan(objs(US, [100] * 7) + objs(EU, [600, 600, 100]))
-    assert [(m.source.region, len(m.objects)) for m in manifests] == [
-        ("us-east-1", 3),
-        ("us-east-1", 3),
-        ("us-east-1", 1),
-        ("eu-west-1", 1),
-        ("eu-west-1", 2),
-    ]
+def test_manifests_are_bounded_by_count_and_bytes_over_both_origins_in_one_bucket() -> None:
+    # Given the primary's bucket holding its own objects and the secondary's replicated ones (same keys)
+    loader = Loader(s3=None, warehouse=None, source=US, manifest_bucket="staging-us", max_objects=3, max_bytes=1000)  # type: ignore[arg-type]
+    objects = objs(US, [100] * 7) + objs(US, [600, 600, 100], origin="eu-west-1")
+    # When they are planned
+    manifests = loader.plan(objects)
+    # Then in key order (eu-west-1's origin first), bounded, each object once, all in the one bucket
+    assert [len(m.objects) for m in manifests] == [1, 3, 3, 3]
     assert all(sum(o.size for o in m.objects) <= 1000 for m in manifests)
+    assert sorted(o.url for m in manifests for o in m.objects) == sorted(o.url for o in objects)
+    assert all(o.url.startswith("s3://staging-us/") for m in manifests for o in m.objects)
+
+
+def test_a_staging_bucket_in_another_region_is_refused() -> None:
+    """COPY with REGION needs the manifest in that region too, and the loader's VPC has no path to another
+    region's S3: https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html"""
+    with pytest.raises(CrossRegionStaging, match="staging-eu is in eu-west-1, the warehouse in us-east-1"):
+        Loader(s3=None, warehouse=None, source=EU, manifest_bucket="staging-us", region="us-east-1")  # type: ignore[arg-type]
+    with pytest.raises(CrossRegionStaging):
+        Manifest(US, tuple(objs(EU, [10])))
+
+
+def test_loader_settings_name_one_bucket_in_the_functions_own_region() -> None:
+    env = {
+        "WORKGROUP_NAME": "wg",
+        "DATABASE_NAME": "devicepipe",
+        "COPY_ROLE_ARN": "arn:aws:iam::1:role/copy",
+        "MANIFEST_BUCKET": "staging-us",
+        "STAGING_BUCKET": "staging-us",
+        "AWS_REGION": "us-east-1",
+    }
+    settings = LoaderSettings.from_env(env)
+    assert (settings.staging_bucket, settings.region) == ("staging-us", "us-east-1")
+    # the former multi-region setting is refused with what to do instead
+    with pytest.raises(ConfigError, match="STAGING_SOURCES is no longer read"):
+        LoaderSettings.from_env({**env, "STAGING_SOURCES": "staging-us:us-east-1,staging-eu:eu-west-1"})
+    with pytest.raises(ConfigError, match="STAGING_BUCKET is required"):
+        LoaderSettings.from_env({k: v for k, v in env.items() if k != "STAGING_BUCKET"})
 
 
 def test_manifest_names_and_documents_are_deterministic() -> None:
@@ -50,7 +79,6 @@ def test_every_statement_parses_as_redshift() -> None:
         "manifests/m.json",
         ["s3://b/readings/x.jsonl.gz"],
         "arn:aws:iam::1:role/copy",
-        "us-east-1",
     )
     for sql in statements:
         assert sqlglot.parse_one(sql, read="redshift") is not None, sql
@@ -61,9 +89,46 @@ def test_every_statement_parses_as_redshift() -> None:
         "GZIP",
         "MANIFEST",
         "IAM_ROLE 'arn:aws:iam::1:role/copy'",
-        "REGION 'us-east-1'",
     ):
         assert option in copy
+
+
+class RecordingWarehouse:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def execute(self, statements: list[str]) -> None:
+        self.batches.append(list(statements))
+
+    def query(self, sql: str) -> list[tuple[object, ...]]:
+        return []
+
+
+class RecordingS3:
+    def __init__(self) -> None:
+        self.puts: list[tuple[str, str, bytes]] = []
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **_: object) -> None:
+        self.puts.append((Bucket, Key, Body))
+
+
+def test_the_copy_names_no_region_and_only_objects_of_the_warehouse_regions_bucket() -> None:
+    """With REGION, "all resources, including a manifest file ... must be located in the specified region";
+    without it, the bucket must be in the cluster's region. So: no REGION, and manifest and objects in the
+    warehouse region's bucket. https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html
+    """
+    s3, warehouse = RecordingS3(), RecordingWarehouse()
+    loader = Loader(s3, warehouse, US, "staging-us", "arn:aws:iam::1:role/copy", region="us-east-1")  # type: ignore[arg-type]
+    (manifest,) = loader.plan(objs(US, [10, 20]) + objs(US, [30], origin="eu-west-1"))
+    loader.load(manifest)
+    ((bucket, key, body),) = s3.puts
+    assert bucket == "staging-us" and key == manifest.key
+    urls = [e["url"] for e in json.loads(body)["entries"]]
+    assert len(urls) == 3 and all(u.startswith("s3://staging-us/readings/") for u in urls)
+    assert any("origin=eu-west-1" in u for u in urls)  # the secondary's readings, replicated in
+    (copy,) = [s for s in warehouse.batches[0] if s.startswith("COPY")]
+    assert "REGION" not in copy.upper()
+    assert f"FROM 's3://staging-us/{manifest.key}'" in copy
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,6 @@ MAPPINGS = [
     "IngestEventSourceMapping",
     "CacheUpdaterEventSourceMapping",
     "StagerEventSourceMapping",
-    "LatestRepairEventSourceMapping",
 ]
 
 
@@ -86,11 +85,11 @@ def test_the_path_to_readers_waits_in_no_batching_window(template: dict[str, Any
     once per second with a standard iterator (https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html)
     and a DynamoDB stream shard four times per second (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html),
     so polling alone may take 1.25 s of the budget: the mappings between a device and the cache take no batching
-    window (the default, 0: https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html), nor does
-    the LATEST repair (a regression is visible until fixed). The stager, which readers do not wait on, keeps
-    one to write fewer, larger objects for COPY."""
+    window (the default, 0: https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html); the cache
+    updater's also carries the LATEST repair (a regression is visible until fixed). The stager, which readers do
+    not wait on, keeps one to write fewer, larger objects for COPY."""
     window = {m: resource(template, m)["Properties"]["MaximumBatchingWindowInSeconds"] for m in MAPPINGS}
-    on_the_read_path = ("IngestEventSourceMapping", "CacheUpdaterEventSourceMapping", "LatestRepairEventSourceMapping")
+    on_the_read_path = ("IngestEventSourceMapping", "CacheUpdaterEventSourceMapping")
     assert all(window[m] == 0 for m in on_the_read_path)
     assert window["StagerEventSourceMapping"] >= 1
 
@@ -218,7 +217,7 @@ def test_redis_is_multi_az_encrypted_with_auth_from_secrets_manager(template: di
     assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
 
 
-@pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction", "LatestRepairFunction"])
+@pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction"])
 def test_stream_consumers_run_in_the_vpc(template: dict[str, Any], function: str) -> None:
     vpc = resource(template, function)["Properties"]["VpcConfig"]
     assert vpc["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
@@ -264,13 +263,14 @@ def test_copy_role_reads_only_staged_readings_and_manifests(template: dict[str, 
 def test_loader_runs_on_a_schedule_alone(template: dict[str, Any]) -> None:
     fn = resource(template, "LoaderFunction")
     assert fn["Condition"] == "IsPrimaryRegion"
-    assert fn["Properties"]["ReservedConcurrentExecutions"] == 1
+    # one at a time when ReserveConcurrency=true (tests/unit/test_template_deploy.py: off by default)
+    assert fn["Properties"]["ReservedConcurrentExecutions"]["Fn::If"][:2] == ["ReservesConcurrency", 1]
     schedule = fn["Properties"]["Events"]["LoadSchedule"]
     assert schedule["Type"] == "Schedule" and "rate(" in schedule["Properties"]["Schedule"]["Fn::Sub"]
 
 
 #: Functions bounded by their HTTP API stage's throttling instead of reserved concurrency (issue 15: the others
-#: reserve 33 per region, and Lambda keeps 100 of the account's concurrency unreserved:
+#: may reserve theirs (ReserveConcurrency), and Lambda keeps 100 of the account's concurrency unreserved:
 #: https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html).
 API_THROTTLED = {"ReadApiFunction": "ReadApi"}
 
@@ -282,7 +282,7 @@ def test_functions_encrypt_their_environment_and_bound_their_concurrency(templat
             assert "ReservedConcurrentExecutions" not in fn["Properties"], name
             assert resource(template, API_THROTTLED[name])["Properties"]["DefaultRouteSettings"], name
         else:
-            assert fn["Properties"]["ReservedConcurrentExecutions"] >= 1, name
+            assert fn["Properties"]["ReservedConcurrentExecutions"]["Fn::If"][1] >= 1, name  # when reserved
         assert "VpcConfig" in fn["Properties"], name
 
 
@@ -320,12 +320,20 @@ def alarmed_names(template: dict[str, Any], metric: str) -> set[str]:
     return out
 
 
-def test_latest_repair_sees_latest_changes_only_and_may_only_put_items_in_its_table(
+def test_cache_updater_takes_readings_for_the_cache_and_latest_changes_for_the_repair(
     template: dict[str, Any],
 ) -> None:
-    (pattern,) = resource(template, "LatestRepairEventSourceMapping")["Properties"]["FilterCriteria"]["Filters"]
-    assert json.loads(pattern["Pattern"]) == {"eventName": ["MODIFY"], "dynamodb": {"Keys": {"sk": {"S": ["LATEST"]}}}}
-    statements = resource(template, "LatestRepairRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    """One mapping serves both purposes of CacheUpdaterFunction. Its filters are ORed: a record that satisfies
+    one or more of them is sent to the function (https://docs.aws.amazon.com/lambda/latest/dg/invocation-eventfiltering.html,
+    five filters per mapping by default). The repair's conditional PutItem is the only table write the role allows,
+    and the repair's failures, which share the function's Errors, IteratorAge and queue alarms with the cache's,
+    have an alarm of their own."""
+    filters = resource(template, "CacheUpdaterEventSourceMapping")["Properties"]["FilterCriteria"]["Filters"]
+    assert [json.loads(f["Pattern"]) for f in filters] == [
+        {"eventName": ["INSERT", "MODIFY"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "R#"}]}}}},
+        {"eventName": ["MODIFY"], "dynamodb": {"Keys": {"sk": {"S": ["LATEST"]}}}},
+    ]
+    statements = resource(template, "CacheUpdaterRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     table_actions = {a for st in statements for a in _actions(st) if a.startswith("dynamodb:")}
     stream_reads = {
         "dynamodb:DescribeStream",
@@ -336,6 +344,84 @@ def test_latest_repair_sees_latest_changes_only_and_may_only_put_items_in_its_ta
     assert table_actions == stream_reads | {"dynamodb:PutItem"}
     (put,) = [st for st in statements if "dynamodb:PutItem" in _actions(st)]
     assert put["Resource"]["Fn::Sub"].endswith(":table/${TableName}")
+    for metric in ("CacheFailures", "LatestRepairFailures"):
+        (alarm,) = alarms_on(template, metric)
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "cache-updater"}]
+
+
+#: Parameters of each stack the template deploys, and of the secondary's first deploy (before its replica exists).
+STACKS = {
+    "primary": {"AWS::Region": "us-east-1", "PrimaryRegion": "us-east-1", "ReplicaStreamArn": ""},
+    "secondary": {
+        "AWS::Region": "eu-west-1",
+        "PrimaryRegion": "us-east-1",
+        "ReplicaStreamArn": "arn:aws:dynamodb:eu-west-1:123456789012:table/readings/stream/2026-01-01T00:00:00.000",
+    },
+    "secondary-before-replica": {"AWS::Region": "eu-west-1", "PrimaryRegion": "us-east-1", "ReplicaStreamArn": ""},
+}
+
+
+def resolved(template: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
+    """``value`` with conditions, ``Fn::If`` and the parameters in ``params`` resolved; anything else kept."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return value
+    ((fn, arg),) = value.items()
+    if fn == "Ref":
+        return params.get(arg, value)
+    if fn == "Condition":
+        return resolved(template, template["Conditions"][arg], params)
+    if fn == "Fn::If":
+        name, yes, no = arg
+        return resolved(template, yes if resolved(template, {"Condition": name}, params) else no, params)
+    if fn == "Fn::Equals":
+        return resolved(template, arg[0], params) == resolved(template, arg[1], params)
+    if fn == "Fn::Not":
+        return not resolved(template, arg[0], params)
+    if fn == "Fn::Or":
+        return any(resolved(template, a, params) for a in arg)
+    if fn == "Fn::And":
+        return all(resolved(template, a, params) for a in arg)
+    return value
+
+
+STREAM_ATTRIBUTES = {"StreamArn", "LatestStreamArn"}  # of AWS::DynamoDB::GlobalTable, AWS::DynamoDB::Table
+
+
+def table_stream_readers(template: dict[str, Any], params: dict[str, str]) -> dict[str, list[str]]:
+    """The event source mappings a stack creates on each DynamoDB table stream, by stream."""
+    readers: dict[str, list[str]] = {}
+    for name, esm in resources_of(template, "AWS::Lambda::EventSourceMapping").items():
+        if "Condition" in esm and not resolved(template, {"Condition": esm["Condition"]}, params):
+            continue
+        source = resolved(template, esm["Properties"]["EventSourceArn"], params)
+        on_table = isinstance(source, dict) and source.get("Fn::GetAtt", ["", ""])[1] in STREAM_ATTRIBUTES
+        if on_table or (isinstance(source, str) and ":dynamodb:" in source and "/stream/" in source):
+            readers.setdefault(json.dumps(source, sort_keys=True), []).append(name)
+    return readers
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_no_table_stream_has_more_than_two_readers(template: dict[str, Any], stack: str) -> None:
+    """AWS: "For single-Region tables that are not global tables, you can design for up to two Lambda functions
+    to read from the same DynamoDB Streams shard at the same time. Exceeding this limit can result in request
+    throttling." (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html, "Simultaneous readers of a shard
+    in DynamoDB Streams"; the same quota: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/ServiceQuotas.html).
+    Every mapping reads every shard of its stream, so each stack, its conditions resolved as it deploys, may
+    put at most two mappings on a table stream."""
+    readers = table_stream_readers(template, STACKS[stack])
+    assert all(len(names) <= 2 for names in readers.values()), readers
+    assert bool(readers) == (STACKS[stack]["AWS::Region"] == "us-east-1" or bool(STACKS[stack]["ReplicaStreamArn"]))
+
+
+@pytest.mark.xfail(strict=True, reason="open: the stager is a second reader of a global table's stream (issue 15)")
+@pytest.mark.parametrize("stack", ["primary", "secondary"])
+def test_a_global_tables_stream_has_one_reader(template: dict[str, Any], stack: str) -> None:
+    """The same pages go further for global tables: "For global tables, we recommend you limit the number of
+    simultaneous functions to one to avoid request throttling."
+    (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html). ReadingsTable is an AWS::DynamoDB::GlobalTable."""
+    assert resource(template, "ReadingsTable")["Type"] == "AWS::DynamoDB::GlobalTable"
+    readers = table_stream_readers(template, STACKS[stack])
+    assert all(len(names) <= 1 for names in readers.values()), readers
 
 
 def _actions(statement: dict[str, Any]) -> list[str]:
@@ -375,7 +461,7 @@ def test_stream_lag_given_up_batches_replication_and_load_lag_are_alarmed(templa
 
 
 def test_dashboard_shows_the_flow_stage_by_stage(template: dict[str, Any]) -> None:
-    body = json.loads(resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"])
+    body = json.loads(resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"][0])
     stages = [int(w["properties"]["title"].split(" ", 1)[0]) for w in body["widgets"]]
     assert stages == list(range(1, len(stages) + 1)) and len(stages) >= 8
 
@@ -392,8 +478,9 @@ def test_aurora_global_database_multi_az_encrypted_two_day_backups(template: dic
     assert cluster["BackupRetentionPeriod"] == 2
     assert cluster["StorageEncrypted"] is True and cluster["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert cluster["DeletionProtection"] is True and cluster["EnableIAMDatabaseAuthentication"] is True
-    assert cluster["ManageMasterUserPassword"]["Fn::If"][1] is True  # the password lives in Secrets Manager
-    assert "MasterUserPassword" not in cluster
+    # the password is a generated secret, read by dynamic reference (tests/unit/test_template_deploy.py)
+    assert "ManageMasterUserPassword" not in cluster
+    assert "{{resolve:secretsmanager:" in cluster["MasterUserPassword"]["Fn::If"][1]["Fn::Sub"]
     instances = [i["Properties"] for i in resources_of(template, "AWS::RDS::DBInstance").values()]
     assert len(instances) >= 2 and all(i["DBClusterIdentifier"] == {"Ref": "AuroraCluster"} for i in instances)
     assert len({json.dumps(i["AvailabilityZone"]) for i in instances}) == len(instances)  # different AZs

@@ -321,12 +321,13 @@ def test_read_function_follows_the_house_conventions(template: dict[str, Any]) -
     own = {k for k in env if not k.startswith("POWERTOOLS_")}
     assert {"TABLE_NAME", "REDIS_HOST", "REDIS_PORT", "REDIS_TLS", "REDIS_AUTH_SECRET_ARN"} <= own
     assert own <= contract_names("Settings")
-    # and it reserves no concurrency (issue 15): the other functions reserve 33 per region and Lambda keeps
-    # 100 of the account's concurrency unreserved; the stage's throttling bounds this one instead:
+    # and it reserves no concurrency (issue 15): the other functions reserve at most 33 per region (when
+    # ReserveConcurrency=true) and Lambda keeps 100 of the account's concurrency unreserved; the stage's
+    # throttling bounds this one instead:
     # https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html
     assert "ReservedConcurrentExecutions" not in props
     reserved = sum(
-        f["Properties"].get("ReservedConcurrentExecutions", 0)
+        f["Properties"].get("ReservedConcurrentExecutions", {"Fn::If": ["", 0]})["Fn::If"][1]  # when reserved
         for f in resources_of(template, "AWS::Serverless::Function").values()
     )
     assert reserved <= 33
@@ -414,8 +415,12 @@ def rows(widgets: Any) -> list[list[str]]:
 
 
 def dashboard(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The dashboard body as written (a !Sub string) and as JSON once every ${...} is substituted."""
-    body: str = resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"]
+    """The dashboard body as written (a !Sub string, its own !Sub variables substituted) and as JSON once every
+    ${...} is substituted."""
+    sub = resource(template, "Dashboard")["Properties"]["DashboardBody"]["Fn::Sub"]
+    body: str = sub[0] if isinstance(sub, list) else sub  # [string, {variable: value}] when it has variables
+    for name in sub[1] if isinstance(sub, list) else {}:
+        body = body.replace("${" + name + "}", "SUBSTITUTED")
     return body, json.loads(re.sub(r"\$\{[^}]+\}", "SUBSTITUTED", body))
 
 

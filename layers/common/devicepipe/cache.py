@@ -121,11 +121,17 @@ def update_from_item(item: dict[str, Any], version: str) -> Update:
     )
 
 
+def is_cached(change: Change) -> bool:
+    """Whether the cache applies this change: an insert or modification of a reading item (LATEST items repeat
+    readings, and REMOVEs by TTL are mirrored by ``EXPIREAT``)."""
+    return change.event_name != "REMOVE" and change.is_reading and change.new is not None
+
+
 def newest_per_device(batch: Sequence[Change]) -> list[Update]:
     """The newest reading of each device among a batch's inserts and modifications of reading items."""
     best: dict[str, Change] = {}
     for change in batch:
-        if change.event_name == "REMOVE" or not change.is_reading or change.new is None:
+        if not is_cached(change) or change.new is None:
             continue
         device = str(change.new["device_id"])
         held = best.get(device)

@@ -153,7 +153,7 @@ class StagerSettings:
 
 @dataclass(frozen=True)
 class RepairSettings:
-    """Settings of LatestRepairFunction."""
+    """Settings of the LATEST repair, which runs in CacheUpdaterFunction beside the cache."""
 
     table_name: str
     max_concurrency: int = 8
@@ -162,38 +162,43 @@ class RepairSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
         e = _Env(os.environ if env is None else env)
         settings = cls(table_name=e.text("TABLE_NAME"), max_concurrency=e.integer("MAX_CONCURRENCY", 8, 1, 64))
-        e.check("LatestRepairFunction settings")
+        e.check("CacheUpdaterFunction (LATEST repair) settings")
         return settings
 
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """Settings of LoaderFunction. ``STAGING_SOURCES``: ``bucket:region`` pairs, comma-separated."""
+    """Settings of LoaderFunction.
+
+    ``STAGING_BUCKET``: the staging bucket of the loader's own region (``AWS_REGION``), which holds both regions'
+    readings (the other region's replicated in) and the manifests. The former ``STAGING_SOURCES`` (buckets of
+    several regions) is refused: a COPY cannot read another region's bucket from here (docs/warehouse-regions.md).
+    """
 
     workgroup: str
     database: str
     copy_role_arn: str
     manifest_bucket: str
-    sources: tuple[tuple[str, str], ...]
+    staging_bucket: str
+    region: str
     max_objects: int = 500
     max_bytes: int = 512 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LoaderSettings:
         e = _Env(os.environ if env is None else env)
-        sources = []
-        for pair in e.text("STAGING_SOURCES").split(","):
-            bucket, _, region = pair.strip().partition(":")
-            if pair.strip() and (not bucket or not region):
-                e.problems.append(f"STAGING_SOURCES entries must be bucket:region, got {pair.strip()!r}")
-            elif pair.strip():
-                sources.append((bucket, region))
+        if e.env.get("STAGING_SOURCES", "").strip():
+            e.problems.append(
+                "STAGING_SOURCES is no longer read: the loader loads only STAGING_BUCKET, its own region's bucket, "
+                "into which the other region's staging is replicated (docs/warehouse-regions.md)"
+            )
         settings = cls(
             workgroup=e.text("WORKGROUP_NAME"),
             database=e.text("DATABASE_NAME"),
             copy_role_arn=e.text("COPY_ROLE_ARN"),
             manifest_bucket=e.text("MANIFEST_BUCKET"),
-            sources=tuple(sources),
+            staging_bucket=e.text("STAGING_BUCKET"),
+            region=e.text("AWS_REGION"),
             max_objects=e.integer("MANIFEST_MAX_OBJECTS", 500, 1, 10_000),
             max_bytes=e.integer("MANIFEST_MAX_BYTES", 512 * 1024 * 1024, 1024, 64 * 1024**3),
         )

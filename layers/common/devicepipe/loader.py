@@ -1,10 +1,15 @@
 """The loader: staged objects not yet loaded -> bounded manifests -> one transactional load each.
 
-- Pending = every staged object under ``readings/`` in the configured staging buckets, minus the objects the
-  warehouse's ``loaded_objects`` holds, minus the objects of quarantined (permanently failed) manifests.
-- Manifests are bounded by object count and bytes so one COPY stays well inside the function timeout, built
-  per staging bucket (a COPY reads one region), named by a hash of their content: a retried cycle rewrites the
-  same manifest instead of making a new one.
+- One staging bucket, in the warehouse's own region. It holds both regions' readings: this region's stager
+  writes ``readings/origin=<this region>/``, and S3 replication copies the other region's
+  ``readings/origin=<other region>/`` objects in under the same keys (docs/warehouse-regions.md). So every
+  COPY reads a manifest and objects of its own region, through the VPC's S3 gateway endpoint, without a
+  ``REGION`` option; a bucket in another region is refused (``CrossRegionStaging``), never loaded with one.
+- Pending = every staged object under ``readings/`` in that bucket, minus the objects the warehouse's
+  ``loaded_objects`` holds, minus the objects of quarantined (permanently failed) manifests. A replica keeps
+  its source's key, so the ledger dedups it like any other object.
+- Manifests are bounded by object count and bytes so one COPY stays well inside the function timeout, named
+  by a hash of their content: a retried cycle rewrites the same manifest instead of making a new one.
 - A retryable failure (warehouse paused, busy, throttling, timeout) stops the cycle: everything left stays
   pending for the next scheduled run. A permanent one (bad data) quarantines the manifest under
   ``manifests/failed/`` with the warehouse's file/line/column/reason, and the cycle goes on with the next.
@@ -27,12 +32,26 @@ MANIFEST_PREFIX = "manifests"
 FAILED_PREFIX = f"{MANIFEST_PREFIX}/failed"
 
 
+class CrossRegionStaging(ValueError):
+    """A staging bucket outside the warehouse's region: refused rather than loaded with ``COPY ... REGION``."""
+
+
 @dataclass(frozen=True)
 class Source:
     """A staging bucket and the region it lives in."""
 
     bucket: str
     region: str
+
+    def check_in(self, region: str) -> None:
+        """Refuse a bucket outside the warehouse's ``region`` (see ``CrossRegionStaging``)."""
+        if self.region != region:
+            raise CrossRegionStaging(
+                f"staging bucket {self.bucket} is in {self.region}, the warehouse in {region}: the loader reads "
+                f"only its own region's bucket (a COPY with REGION needs its manifest in that region too, and the "
+                f"VPC has no path to another region's S3). Replicate {self.region}'s staging into {region}'s "
+                "bucket instead: docs/warehouse-regions.md"
+            )
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,11 @@ class Manifest:
 
     source: Source
     objects: tuple[StagedObject, ...]
+
+    def __post_init__(self) -> None:
+        strays = [o.url for o in self.objects if o.source != self.source]
+        if strays:
+            raise CrossRegionStaging(f"a manifest of {self.source.bucket} cannot name {strays[0]}")
 
     @property
     def key(self) -> str:
@@ -86,24 +110,30 @@ class Loader:
         boto3 S3 client (lists staging, writes manifests).
     warehouse
         Redshift Data API adapter, or the local DuckDB one.
-    sources
-        Staging buckets to load from.
+    source
+        The staging bucket to load from: in the warehouse's region, holding both regions' readings.
     manifest_bucket
-        Where manifests (and quarantined ones) are written.
+        Where manifests (and quarantined ones) are written (the staging bucket in AWS: same region).
     role_arn
         The role Redshift assumes to read the staging objects.
     max_objects, max_bytes
         Bounds of one manifest.
+    region
+        The warehouse's region (empty: the source's); a source elsewhere raises ``CrossRegionStaging``.
     """
 
     s3: Any
     warehouse: Warehouse
-    sources: Sequence[Source]
+    source: Source
     manifest_bucket: str
     role_arn: str = ""
     max_objects: int = 500
     max_bytes: int = 512 * 1024 * 1024
+    region: str = ""
     _schema_ready: bool = False
+
+    def __post_init__(self) -> None:
+        self.source.check_in(self.region or self.source.region)
 
     def ensure_schema(self) -> None:
         """Create the tables if missing (idempotent; once per container)."""
@@ -116,16 +146,19 @@ class Loader:
         return [o for o in self.staged(prefix) if o.url not in excluded]
 
     def staged(self, prefix: str = STAGED_PREFIX + "/") -> list[StagedObject]:
-        """Every staged object under ``prefix`` in every source."""
+        """Every staged object under ``prefix`` (every origin region's) in the staging bucket.
+
+        A replica's ``LastModified`` is its source object's creation time (S3 replication keeps it), so the
+        load lag computed from it includes the replication lag.
+        """
         found = []
-        for source in self.sources:
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=source.bucket, Prefix=prefix)
-            for page in pages:
-                found += [
-                    StagedObject(source, obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
-                    for obj in page.get("Contents", [])
-                    if obj["Key"].endswith(".jsonl.gz")
-                ]
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.source.bucket, Prefix=prefix)
+        for page in pages:
+            found += [
+                StagedObject(self.source, obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
+                for obj in page.get("Contents", [])
+                if obj["Key"].endswith(".jsonl.gz")
+            ]
         return found
 
     def loaded_objects(self) -> set[str]:
@@ -146,19 +179,18 @@ class Loader:
         return out
 
     def plan(self, objects: Sequence[StagedObject]) -> list[Manifest]:
-        """Group objects into manifests: per source, in key order, bounded by count and bytes."""
+        """Group objects into manifests: in key order (so per origin region), bounded by count and bytes."""
         manifests: list[Manifest] = []
-        for source in self.sources:
-            group: list[StagedObject] = []
-            size = 0
-            for obj in sorted((o for o in objects if o.source == source), key=lambda o: o.key):
-                if group and (len(group) >= self.max_objects or size + obj.size > self.max_bytes):
-                    manifests.append(Manifest(source, tuple(group)))
-                    group, size = [], 0
-                group.append(obj)
-                size += obj.size
-            if group:
-                manifests.append(Manifest(source, tuple(group)))
+        group: list[StagedObject] = []
+        size = 0
+        for obj in sorted(objects, key=lambda o: o.key):
+            if group and (len(group) >= self.max_objects or size + obj.size > self.max_bytes):
+                manifests.append(Manifest(self.source, tuple(group)))
+                group, size = [], 0
+            group.append(obj)
+            size += obj.size
+        if group:
+            manifests.append(Manifest(self.source, tuple(group)))
         return manifests
 
     def load(self, manifest: Manifest) -> None:
@@ -172,7 +204,6 @@ class Loader:
                 manifest.key,
                 [o.url for o in manifest.objects],
                 self.role_arn,
-                manifest.source.region,
             )
         )
 

@@ -62,7 +62,11 @@ def regressions(records: Sequence[dict[str, Any]]) -> list[Regression]:
 
 def repair(writer: DynamoWriter, records: Sequence[dict[str, Any]]) -> RepairResult:
     """Write back what the batch's regressions lost; failures name the records to retry."""
-    found = regressions(records)
+    return restore(writer, regressions(records))
+
+
+def restore(writer: DynamoWriter, found: Sequence[Regression]) -> RepairResult:
+    """Write back the lost images of ``found`` (from ``regressions``); failures name the records to retry."""
     if not found:
         return RepairResult()
     written = writer.put_latest([r.restore for r in found])

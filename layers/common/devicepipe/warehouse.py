@@ -56,10 +56,11 @@ STAGE_DDL = """CREATE TEMP TABLE stage (
     origin_region VARCHAR(32),
     ingested_at TIMESTAMP
 )"""
-COPY = (
-    "COPY stage FROM '{manifest_url}' IAM_ROLE '{role_arn}' FORMAT JSON 'auto' GZIP MANIFEST "
-    "TIMEFORMAT 'auto' REGION '{region}'"
-)
+# No REGION option: the manifest and every object it names are in the warehouse's own region (the other region's
+# staged objects are replicated into this region's bucket, docs/warehouse-regions.md). With REGION, "all
+# resources, including a manifest file ... must be located in the specified region":
+# https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html
+COPY = "COPY stage FROM '{manifest_url}' IAM_ROLE '{role_arn}' FORMAT JSON 'auto' GZIP MANIFEST TIMEFORMAT 'auto'"
 DEDUP = """CREATE TEMP TABLE stage_dedup AS
 SELECT * FROM stage
 QUALIFY ROW_NUMBER() OVER (PARTITION BY device_id, ts, seq ORDER BY ingested_at DESC) = 1"""
@@ -91,16 +92,18 @@ def quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def load_statements(
-    manifest_url: str, manifest_key: str, objects: Sequence[str], role_arn: str, region: str
-) -> list[str]:
-    """The statements of one load, in order (run as one transaction)."""
+def load_statements(manifest_url: str, manifest_key: str, objects: Sequence[str], role_arn: str) -> list[str]:
+    """The statements of one load, in order (run as one transaction).
+
+    The manifest and its objects must be in one bucket of the warehouse's region (the loader guarantees it):
+    the COPY names no REGION.
+    """
     values = ", ".join(f"('{quote(o)}', '{quote(manifest_key)}')" for o in objects)
     keys = ", ".join(f"'{quote(o)}'" for o in objects)
     return [
         "LOCK load_ledger",
         STAGE_DDL,
-        COPY.format(manifest_url=quote(manifest_url), role_arn=quote(role_arn), region=quote(region)),
+        COPY.format(manifest_url=quote(manifest_url), role_arn=quote(role_arn)),
         DEDUP,
         MERGE,
         *(s.format(manifest_key=quote(manifest_key), count=len(objects)) for s in LEDGER),
