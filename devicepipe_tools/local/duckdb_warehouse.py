@@ -1,9 +1,13 @@
 """The local warehouse: DuckDB running the loader's Redshift SQL, adapted where the dialects differ.
 
+Every statement first passes the Redshift rule guard (``devicepipe_tools.redshift_rules``): one Redshift or the
+Data API would refuse fails here too, non-retryable, with the rule's name, before any translation.
+
 Adaptations (everything else is sqlglot's Redshift -> DuckDB translation of the same statements):
 - ``COPY ... FROM '<manifest>' ... MANIFEST``: the manifest and its objects are read through the S3 API (the
   local stack's moto) and bulk-loaded with ``read_json``; a line that is not valid JSON fails the load with
-  its file, line and reason, as ``sys_load_error_detail`` would report it;
+  its file, line and reason, as ``sys_load_error_detail`` would report it. Without MANIFEST, every object under
+  the FROM key prefix is loaded, as Redshift does;
 - ``SUPER`` columns become ``JSON``; ``LOCK <table>`` becomes an exclusive file lock held until the
   transaction ends, serialising loaders across threads and processes as Redshift's table lock does (DuckDB's
   optimistic transactions would otherwise fail one of two concurrent loads on a key conflict).
@@ -19,7 +23,6 @@ import fcntl
 import gzip
 import json
 import logging
-import re
 import tempfile
 import threading
 import time
@@ -31,21 +34,16 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from devicepipe.warehouse import LoadFailed, is_retryable
+from devicepipe.warehouse import LoadFailed
+from devicepipe_tools.redshift_rules import RuleViolation, copy_parts, guard
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)  # "unsupported property DISTKEY" is expected here
 
-_STAGE_COLUMNS = {
-    "device_id": "VARCHAR",
-    "branch_id": "VARCHAR",
-    "ts": "TIMESTAMP",
-    "seq": "BIGINT",
-    "metrics": "JSON",
-    "extra": "JSON",
-    "origin_region": "VARCHAR",
-    "ingested_at": "TIMESTAMP",
-}
-_COPY_RE = re.compile(r"^COPY\s+(\w+)\s+FROM\s+'s3://([^/']+)/([^']+)'", re.IGNORECASE)
+#: Columns COPY into ``stage`` cannot leave empty: they become the NOT NULL key of ``readings``.
+_STAGE_KEY = ("device_id", "ts", "seq")
+#: DuckDB failures a retried transaction can get past: a write-write conflict between transactions (the
+#: counterpart of Redshift's serializable isolation error 1023), or the file held by another process.
+_RETRYABLE = (duckdb.TransactionException, duckdb.IOException)
 
 
 def to_duckdb(sql: str) -> str:
@@ -81,6 +79,7 @@ class DuckDBWarehouse:
                 time.sleep(0.1)
 
     def execute(self, statements: Sequence[str]) -> None:
+        _check_rules(statements)
         with contextlib.ExitStack() as stack:
             if any(sql.upper().startswith("LOCK ") for sql in statements):
                 stack.enter_context(self._table_lock())
@@ -102,7 +101,7 @@ class DuckDBWarehouse:
                 raise
             except duckdb.Error as exc:
                 _rollback(con)
-                raise LoadFailed(f"{type(exc).__name__}: {exc}", retryable=is_retryable(str(exc))) from exc
+                raise LoadFailed(f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, _RETRYABLE)) from exc
 
     @contextlib.contextmanager
     def _table_lock(self) -> Iterator[None]:
@@ -114,6 +113,7 @@ class DuckDBWarehouse:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
+        _check_rules([sql])
         con = self.connect()
         try:
             rows: list[tuple[Any, ...]] = con.execute(to_duckdb(sql)).fetchall()
@@ -124,22 +124,31 @@ class DuckDBWarehouse:
             con.close()
 
     def _copy(self, con: duckdb.DuckDBPyConnection, sql: str) -> None:
-        match = _COPY_RE.match(sql)
-        if not match:
-            raise LoadFailed(f"cannot read the COPY statement: {sql[:120]}", retryable=False)
-        table, bucket, key = match.groups()
+        parts = copy_parts(sql)
+        bucket, key = parts.source.removeprefix("s3://").split("/", 1)
         self.copies += 1
-        manifest = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        if "MANIFEST" in parts.options:
+            manifest = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            urls = [entry["url"] for entry in manifest["entries"]]
+        else:  # FROM is a key prefix: every object under it
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+            urls = [f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])]
+        table = parts.table
+        types = con.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [table]
+        ).fetchall()
         with tempfile.TemporaryDirectory(prefix="devicepipe-copy-") as tmp:
             files = []
-            for i, entry in enumerate(manifest["entries"]):
-                obj_bucket, obj_key = entry["url"][len("s3://") :].split("/", 1)
+            for i, url in enumerate(urls):
+                obj_bucket, obj_key = url[len("s3://") :].split("/", 1)
                 body = self.s3.get_object(Bucket=obj_bucket, Key=obj_key)["Body"].read()
-                _check_lines(entry["url"], body)
+                _check_lines(url, body, table, _STAGE_KEY if table == "stage" else ())
                 path = Path(tmp) / f"{i}.jsonl.gz"
                 path.write_bytes(body)
                 files.append(str(path))
-            columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in _STAGE_COLUMNS.items()) + "}"
+            if not files:
+                return
+            columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in types) + "}"
             con.execute(
                 f"INSERT INTO {table} BY NAME SELECT * FROM read_json(?, format='newline_delimited', "  # noqa: S608
                 f"columns={columns})",
@@ -155,7 +164,15 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.rollback()
 
 
-def _check_lines(url: str, body: bytes) -> None:
+def _check_rules(statements: Sequence[str]) -> None:
+    """Refuse, as Redshift or the Data API would, what breaks a Redshift rule (non-retryable: it fails again)."""
+    try:
+        guard(statements)
+    except RuleViolation as exc:
+        raise LoadFailed(f"refused by the Redshift rule {exc.rule}: {exc}", retryable=False) from exc
+
+
+def _check_lines(url: str, body: bytes, table: str, required: Sequence[str]) -> None:
     """Fail like COPY does on a bad object: with the file, line, column and reason."""
     try:
         text = gzip.decompress(body)
@@ -171,9 +188,9 @@ def _check_lines(url: str, body: bytes) -> None:
         except ValueError as exc:
             errors = [{"file": url, "line": number, "column": None, "reason": f"invalid JSON: {exc}"}]
             raise LoadFailed(
-                f"Load into table 'stage' failed: {url} line {number}", retryable=False, errors=errors
+                f"Load into table '{table}' failed: {url} line {number}", retryable=False, errors=errors
             ) from None
-        missing = [c for c in ("device_id", "ts", "seq") if row.get(c) is None]
+        missing = [c for c in required if row.get(c) is None]
         if missing:
             errors = [{"file": url, "line": number, "column": missing[0], "reason": "missing value for a NOT NULL key"}]
-            raise LoadFailed(f"Load into table 'stage' failed: {url} line {number}", retryable=False, errors=errors)
+            raise LoadFailed(f"Load into table '{table}' failed: {url} line {number}", retryable=False, errors=errors)

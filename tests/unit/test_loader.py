@@ -7,12 +7,20 @@ import json
 import boto3
 import pytest
 import sqlglot
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from devicepipe.config import ConfigError, LoaderSettings
 from devicepipe.loader import CrossRegionStaging, Loader, Manifest, Source, StagedObject
 from devicepipe.retry import Backoff, Deadline
-from devicepipe.warehouse import DDL, LoadFailed, RedshiftDataApi, is_retryable, load_statements
+from devicepipe.warehouse import (
+    DDL,
+    LoadFailed,
+    RedshiftDataApi,
+    api_error_retryable,
+    load_statements,
+    statement_retryable,
+)
 
 #: The primary region's staging bucket: its own readings and, replicated in, the secondary region's.
 US, EU = Source("staging-us", "us-east-1"), Source("staging-eu", "eu-west-1")
@@ -77,7 +85,8 @@ def test_every_statement_parses_as_redshift() -> None:
     statements = DDL + load_statements(
         "s3://b/manifests/m.json",
         "manifests/m.json",
-        ["s3://b/readings/x.jsonl.gz"],
+        "s3://b/manifests/m.objects.jsonl.gz",
+        1,
         "arn:aws:iam::1:role/copy",
     )
     for sql in statements:
@@ -121,28 +130,47 @@ def test_the_copy_names_no_region_and_only_objects_of_the_warehouse_regions_buck
     loader = Loader(s3, warehouse, US, "staging-us", "arn:aws:iam::1:role/copy", region="us-east-1")  # type: ignore[arg-type]
     (manifest,) = loader.plan(objs(US, [10, 20]) + objs(US, [30], origin="eu-west-1"))
     loader.load(manifest)
-    ((bucket, key, body),) = s3.puts
-    assert bucket == "staging-us" and key == manifest.key
+    (bucket, key, body), (ledger_bucket, ledger_key, _) = s3.puts
+    assert bucket == ledger_bucket == "staging-us" and key == manifest.key and ledger_key == manifest.ledger_key
     urls = [e["url"] for e in json.loads(body)["entries"]]
     assert len(urls) == 3 and all(u.startswith("s3://staging-us/readings/") for u in urls)
     assert any("origin=eu-west-1" in u for u in urls)  # the secondary's readings, replicated in
-    (copy,) = [s for s in warehouse.batches[0] if s.startswith("COPY")]
-    assert "REGION" not in copy.upper()
+    copy, copy_objects = [s for s in warehouse.batches[0] if s.startswith("COPY")]
+    assert "REGION" not in copy.upper() and "REGION" not in copy_objects.upper()
     assert f"FROM 's3://staging-us/{manifest.key}'" in copy
+    assert f"FROM 's3://staging-us/{manifest.ledger_key}'" in copy_objects
 
 
 @pytest.mark.parametrize(
-    ("message", "retryable"),
+    ("code", "retryable"),
     [
-        ("Cluster is paused", True),
-        ("ThrottlingException: Rate exceeded", True),
         ("ActiveStatementsExceededException", True),
-        ("Load into table 'stage' failed. Check 'sys_load_error_detail' system table for details.", False),
-        ("Invalid JSONPath format", False),
+        ("ActiveSessionsExceededException", True),
+        ("BatchExecuteStatementException", True),
+        ("InternalServerException", True),
+        ("ThrottlingException", True),
+        ("ValidationException", False),  # e.g. a statement over 100 KB: the same call fails again
+        ("ResourceNotFoundException", False),
     ],
 )
-def test_failures_are_classified(message: str, retryable: bool) -> None:
-    assert is_retryable(message) is retryable
+def test_data_api_errors_are_classified_by_their_documented_code(code: str, retryable: bool) -> None:
+    exc = ClientError({"Error": {"Code": code, "Message": "paused throttl timeout"}}, "BatchExecuteStatement")
+    assert api_error_retryable(exc) is retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retryable"),
+    [
+        ("FAILED", "ERROR: 1023 DETAIL: Serializable isolation violation on table - 123, transactions ...", True),
+        ("FAILED", "ERROR:1023 DETAIL: Serializable isolation violation on table in Redshift", True),
+        ("ABORTED", "", True),  # stopped by CancelStatement, not by its SQL
+        ("FAILED", "Load into table 'stage' failed. Check 'sys_load_error_detail' system table for details.", False),
+        ("FAILED", 'ERROR: syntax error at or near "QUALIFY"', False),
+        ("FAILED", "connection timeout while the cluster is paused", False),  # words do not count, only codes
+    ],
+)
+def test_failed_statements_are_classified_by_redshift_error_number(status: str, error: str, retryable: bool) -> None:
+    assert statement_retryable({"Status": status, "Error": error}) is retryable
 
 
 def data_api() -> tuple[RedshiftDataApi, Stubber]:

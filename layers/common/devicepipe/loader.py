@@ -26,7 +26,7 @@ from typing import Any
 
 from devicepipe.observability import logger
 from devicepipe.staging import PREFIX as STAGED_PREFIX
-from devicepipe.warehouse import DDL, LOADED_KEYS, LoadFailed, Warehouse, load_statements
+from devicepipe.warehouse import DDL, LOADED_KEYS, LoadFailed, Warehouse, ledger_document, load_statements
 
 MANIFEST_PREFIX = "manifests"
 FAILED_PREFIX = f"{MANIFEST_PREFIX}/failed"
@@ -83,9 +83,18 @@ class Manifest:
         digest = hashlib.sha256("\n".join(o.url for o in self.objects).encode()).hexdigest()[:20]
         return f"{MANIFEST_PREFIX}/{self.source.region}/{digest}.json"
 
+    @property
+    def ledger_key(self) -> str:
+        """The ledger file beside the manifest: its object keys, COPYed into the ledger in the load's transaction.
+        No other key starts with it (COPY without MANIFEST reads every object under a key prefix)."""
+        return self.key.removesuffix(".json") + ".objects.jsonl.gz"
+
     def document(self) -> bytes:
         entries = [{"url": o.url, "mandatory": True, "meta": {"content_length": o.size}} for o in self.objects]
         return json.dumps({"entries": entries}, indent=1).encode()
+
+    def ledger(self) -> bytes:
+        return ledger_document([o.url for o in self.objects])
 
 
 @dataclass
@@ -194,15 +203,19 @@ class Loader:
         return manifests
 
     def load(self, manifest: Manifest) -> None:
-        """Write the manifest and load it in one transaction (raises ``LoadFailed``)."""
+        """Write the manifest and its ledger file, and load them in one transaction (raises ``LoadFailed``)."""
         self.s3.put_object(
             Bucket=self.manifest_bucket, Key=manifest.key, Body=manifest.document(), ContentType="application/json"
+        )
+        self.s3.put_object(
+            Bucket=self.manifest_bucket, Key=manifest.ledger_key, Body=manifest.ledger(), ContentType="application/gzip"
         )
         self.warehouse.execute(
             load_statements(
                 f"s3://{self.manifest_bucket}/{manifest.key}",
                 manifest.key,
-                [o.url for o in manifest.objects],
+                f"s3://{self.manifest_bucket}/{manifest.ledger_key}",
+                len(manifest.objects),
                 self.role_arn,
             )
         )

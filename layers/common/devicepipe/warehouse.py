@@ -5,7 +5,9 @@ One load is one transaction (Data API ``BatchExecuteStatement`` runs its stateme
 1. ``LOCK load_ledger`` serialises concurrent loaders;
 2. COPY the manifest's objects into a temporary staging table (JSON 'auto', GZIP, IAM role);
 3. keep one row per ``(device_id, ts, seq)`` (the newest ``ingested_at``) and MERGE it into ``readings``;
-4. record the manifest in ``load_ledger`` and its objects in ``loaded_objects``.
+4. record the manifest in ``load_ledger`` and its objects in ``loaded_objects``: the object keys are COPYed
+   from a small gzip JSON-lines ledger file written beside the manifest, so every statement keeps the same
+   small size whatever the manifest's object count (the Data API refuses a statement over 100 KB).
 
 A repeated or retried load of the same manifest therefore changes no row (MERGE on the key), and either all of
 it happens or none (a cancelled or failed statement rolls the transaction back).
@@ -13,12 +15,15 @@ it happens or none (a cancelled or failed statement rolls the transaction back).
 
 from __future__ import annotations
 
+import gzip
+import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from devicepipe.retry import Backoff, Deadline, error_code
+from devicepipe.retry import Backoff, Deadline, error_code, is_transient
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS readings (
@@ -61,9 +66,13 @@ STAGE_DDL = """CREATE TEMP TABLE stage (
 # resources, including a manifest file ... must be located in the specified region":
 # https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html
 COPY = "COPY stage FROM '{manifest_url}' IAM_ROLE '{role_arn}' FORMAT JSON 'auto' GZIP MANIFEST TIMEFORMAT 'auto'"
+# "If you're using the QUALIFY clause directly after the FROM clause, the FROM relation name must have an alias
+# specified before the QUALIFY clause": https://docs.aws.amazon.com/redshift/latest/dg/r_QUALIFY_clause.html
+# The result has one row per MERGE key, as MERGE requires ("Found multiple matches to update the same tuple"):
+# https://docs.aws.amazon.com/redshift/latest/dg/r_MERGE.html
 DEDUP = """CREATE TEMP TABLE stage_dedup AS
-SELECT * FROM stage
-QUALIFY ROW_NUMBER() OVER (PARTITION BY device_id, ts, seq ORDER BY ingested_at DESC) = 1"""
+SELECT * FROM stage AS st
+QUALIFY ROW_NUMBER() OVER (PARTITION BY st.device_id, st.ts, st.seq ORDER BY st.ingested_at DESC) = 1"""
 MERGE = """MERGE INTO readings USING stage_dedup AS s
 ON readings.device_id = s.device_id AND readings.ts = s.ts AND readings.seq = s.seq
 WHEN MATCHED THEN UPDATE SET branch_id = s.branch_id, metrics = s.metrics, extra = s.extra,
@@ -76,9 +85,18 @@ LEDGER = [
     "DELETE FROM load_ledger WHERE manifest_key = '{manifest_key}'",
     "INSERT INTO load_ledger (manifest_key, loaded_at, object_count) VALUES ('{manifest_key}', GETDATE(), {count})",
 ]
+# The manifest's object keys, one JSON object per line ({"object_key": "s3://..."}), gzip, COPYed from the ledger
+# file written beside the manifest: the statements stay a few hundred bytes for any manifest size, far inside the
+# Data API's 100 KB per statement (https://docs.aws.amazon.com/redshift/latest/mgmt/data-api.html). Listing the
+# keys in the SQL made the statements grow by ~200 bytes an object (99-118 KB at 500 objects).
+# Without MANIFEST, COPY's FROM is a key prefix: the ledger key ends the file name, so it names one object
+# (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html).
+STAGE_OBJECTS_DDL = "CREATE TEMP TABLE stage_objects (object_key VARCHAR(1024))"
+COPY_OBJECTS = "COPY stage_objects FROM '{ledger_url}' IAM_ROLE '{role_arn}' FORMAT JSON 'auto' GZIP"
 LOADED_OBJECTS = [
-    "DELETE FROM loaded_objects WHERE object_key IN ({keys})",
-    "INSERT INTO loaded_objects (object_key, manifest_key) VALUES {values}",
+    "DELETE FROM loaded_objects USING stage_objects WHERE loaded_objects.object_key = stage_objects.object_key",
+    "INSERT INTO loaded_objects (object_key, manifest_key)"
+    " SELECT so.object_key, '{manifest_key}' FROM stage_objects AS so",
 ]
 LOADED_KEYS = "SELECT object_key FROM loaded_objects"
 LOAD_ERRORS = """SELECT file_name, line_number, column_name, error_message
@@ -92,23 +110,32 @@ def quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def load_statements(manifest_url: str, manifest_key: str, objects: Sequence[str], role_arn: str) -> list[str]:
+def load_statements(
+    manifest_url: str, manifest_key: str, ledger_url: str, object_count: int, role_arn: str
+) -> list[str]:
     """The statements of one load, in order (run as one transaction).
 
-    The manifest and its objects must be in one bucket of the warehouse's region (the loader guarantees it):
-    the COPY names no REGION.
+    The manifest, its objects and the ledger file (``ledger_document``) must be in one bucket of the warehouse's
+    region (the loader guarantees it): no COPY names a REGION. No statement grows with the manifest.
     """
-    values = ", ".join(f"('{quote(o)}', '{quote(manifest_key)}')" for o in objects)
-    keys = ", ".join(f"'{quote(o)}'" for o in objects)
+    key = quote(manifest_key)
     return [
         "LOCK load_ledger",
         STAGE_DDL,
         COPY.format(manifest_url=quote(manifest_url), role_arn=quote(role_arn)),
         DEDUP,
         MERGE,
-        *(s.format(manifest_key=quote(manifest_key), count=len(objects)) for s in LEDGER),
-        *(s.format(keys=keys, values=values) for s in LOADED_OBJECTS),
+        *(s.format(manifest_key=key, count=object_count) for s in LEDGER),
+        STAGE_OBJECTS_DDL,
+        COPY_OBJECTS.format(ledger_url=quote(ledger_url), role_arn=quote(role_arn)),
+        *(s.format(manifest_key=key) for s in LOADED_OBJECTS),
     ]
+
+
+def ledger_document(objects: Sequence[str]) -> bytes:
+    """The ledger file COPYed into ``stage_objects``: gzip JSON lines, one ``{"object_key": url}`` per object."""
+    lines = "".join(json.dumps({"object_key": url}) + "\n" for url in objects)
+    return gzip.compress(lines.encode(), mtime=0)
 
 
 class LoadFailed(RuntimeError):
@@ -130,24 +157,53 @@ class Warehouse(Protocol):
         """Rows of one query."""
 
 
-#: Failures that a later attempt can get past (the warehouse is paused, busy, or throttling us).
-_RETRYABLE = (
-    "throttl",
-    "paused",
-    "resuming",
-    "activestatementsexceeded",
-    "too many",
-    "timeout",
-    "connection",
-    "insufficient capacity",
-    "serializable isolation",
-    "cancelled by the loader",
+#: Data API errors a later attempt can get past, by the error code each operation documents
+#: (https://docs.aws.amazon.com/redshift-data/latest/APIReference/API_BatchExecuteStatement.html#API_BatchExecuteStatement_Errors,
+#: https://docs.aws.amazon.com/redshift-data/latest/APIReference/CommonErrors.html): too many active statements or
+#: sessions, throttling, an internal or "environmental" error, a failed database connection. ``ValidationException``
+#: (e.g. a statement over 100 KB) and ``ResourceNotFoundException`` are not: the same call fails again.
+RETRYABLE_API_ERRORS = frozenset(
+    {
+        "ActiveStatementsExceededException",
+        "ActiveSessionsExceededException",
+        "BatchExecuteStatementException",
+        "ExecuteStatementException",
+        "DatabaseConnectionException",
+        "InternalServerException",
+        "ThrottlingException",
+    }
 )
+#: Redshift error numbers, as a failed statement's ``Error`` text carries them ("ERROR: 1023 DETAIL: ..."), that
+#: a retried transaction can get past. 1023: serializable isolation violation, "Retry the canceled transaction"
+#: (https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation.html). DescribeStatement exposes no SQLSTATE
+#: nor error code field: ``Error`` is only "the error message from the cluster"
+#: (https://docs.aws.amazon.com/redshift-data/latest/APIReference/API_DescribeStatement.html), so the number is
+#: read from that text, never words.
+RETRYABLE_REDSHIFT_ERRORS = frozenset({1023})
+_ERROR_NUMBER = re.compile(r"\bERROR:\s*(\d{3,5})\b", re.IGNORECASE)
 
 
-def is_retryable(message: str) -> bool:
-    lowered = message.lower()
-    return any(word in lowered for word in _RETRYABLE)
+def redshift_error_number(message: str) -> int | None:
+    """The Redshift error number in a statement's error text ("ERROR: 1023 DETAIL: ..."), if it has one."""
+    match = _ERROR_NUMBER.search(message)
+    return int(match.group(1)) if match else None
+
+
+def api_error_retryable(exc: BaseException) -> bool:
+    """Whether a Data API call's exception (botocore) may succeed later: by its documented error code, or a
+    transient transport or 5xx error."""
+    return error_code(exc) in RETRYABLE_API_ERRORS or is_transient(exc)
+
+
+def statement_retryable(desc: dict[str, Any]) -> bool:
+    """Whether a statement that ended FAILED or ABORTED may succeed if its transaction runs again.
+
+    ABORTED: stopped by a user (CancelStatement), not by its SQL, so retryable. FAILED: only by the Redshift error
+    numbers above; anything else (a SQL error, bad data) fails the same way again.
+    """
+    if desc.get("Status") == "ABORTED":
+        return True
+    return redshift_error_number(str(desc.get("Error", ""))) in RETRYABLE_REDSHIFT_ERRORS
 
 
 @dataclass
@@ -180,13 +236,17 @@ class RedshiftDataApi:
             )["Id"]
         except Exception as exc:
             code = error_code(exc) or type(exc).__name__
-            raise LoadFailed(f"{code}: {exc}", retryable=is_retryable(f"{code} {exc}")) from exc
+            raise LoadFailed(f"{code}: {exc}", retryable=api_error_retryable(exc)) from exc
         self._wait(statement_id)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        statement_id = self.client.execute_statement(WorkgroupName=self.workgroup, Database=self.database, Sql=sql)[
-            "Id"
-        ]
+        try:
+            statement_id = self.client.execute_statement(WorkgroupName=self.workgroup, Database=self.database, Sql=sql)[
+                "Id"
+            ]
+        except Exception as exc:
+            code = error_code(exc) or type(exc).__name__
+            raise LoadFailed(f"{code}: {exc}", retryable=api_error_retryable(exc)) from exc
         self._wait(statement_id)
         rows: list[tuple[Any, ...]] = []
         kwargs: dict[str, Any] = {"Id": statement_id}
@@ -208,7 +268,7 @@ class RedshiftDataApi:
             if status in ("FAILED", "ABORTED"):
                 message = desc.get("Error", status)
                 errors = self._load_errors(desc)
-                raise LoadFailed(message, retryable=is_retryable(message) and not errors, errors=errors)
+                raise LoadFailed(message, retryable=statement_retryable(desc) and not errors, errors=errors)
             wait = self.backoff.delay(min(retry, 5), rng=lambda: 1.0)
             if not self.deadline.allows(wait + 1.0) or time.monotonic() + wait > give_up:
                 # Cancelling rolls the whole transaction back: nothing is left half-done.
