@@ -203,6 +203,18 @@ def _parser() -> argparse.ArgumentParser:
         r.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
         r.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
 
+    p = sub.add_parser("cache", help="the Redis cache: rebuild (refill it from the table after a loss)")
+    p.add_argument("action", choices=["rebuild"])
+    p.add_argument("--local", action="store_true", help="the running local stack (every region, or --region's)")
+    p.add_argument("--region", action="append", help="region to rebuild (repeat for several; AWS: required)")
+    p.add_argument("--stack-name", help="deployed stack (default: samconfig.toml's stack_name for the region)")
+    p.add_argument("--table", help="table name (default: the stack's TableName output)")
+    p.add_argument("--redis-url", help="AWS: reach Redis through this URL (a tunnel) instead of the stack's endpoint")
+    p.add_argument("--batch", type=_positive, default=500, help="devices per Redis pipeline (default 500)")
+    p.add_argument("--json", action="store_true", help="print each region's figures as JSON too")
+    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    p.set_defaults(run=_cache)
+
     p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
     p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
     p.add_argument("--event", required=True, help="event JSON file (see events/)")
@@ -568,6 +580,37 @@ def _loads(args: argparse.Namespace) -> int:
             print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{args.manifest} loaded")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------- cache
+def _cache(args: argparse.Namespace) -> int:
+    from devicepipe_tools import cache_rebuild
+
+    try:
+        if args.local:
+            targets = cache_rebuild.local_targets(stack.read_state(args.state_dir), args.region)
+        elif not args.region:
+            print("devicepipe: cache rebuild needs --local, or --region R (deployed stack)", file=sys.stderr)
+            return EXIT_USAGE
+        else:
+            targets = [
+                cache_rebuild.aws_target(r, args.stack_name or _stack_name(r), args.table, args.redis_url)
+                for r in args.region
+            ]
+        reports = []
+        for target in targets:
+            print(f"rebuilding {target.region}'s cache ({target.where}) from {target.table} ...", file=sys.stderr)
+            report = cache_rebuild.rebuild(
+                target, args.batch, lambda r: print(f"  {r.devices} devices, {r.rate:,.0f}/s", file=sys.stderr)
+            )
+            print(report.line())
+            reports.append(report.summary())
+    except cache_rebuild.RebuildError as exc:
+        print(f"devicepipe cache rebuild: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(reports, indent=1))
     return EXIT_OK
 
 

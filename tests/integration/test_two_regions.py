@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from devicepipe.cache import CacheWriter
 from devicepipe.dynamo import LATEST_CONDITION
@@ -20,9 +19,8 @@ from devicepipe_tools import cli
 from devicepipe_tools.events import dynamodb_record, encode, reading, table_item
 from devicepipe_tools.fakes import FaultyKinesis
 from devicepipe_tools.local import stack
-from devicepipe_tools.local.resources import clients as local_clients
 from devicepipe_tools.producer import Entry, Producer
-from tests.integration.stack_helpers import stored_readings, wait_for
+from tests.integration.stack_helpers import regions_stack, stored_readings, wait_for
 
 pytestmark = pytest.mark.integration
 US, EU = "us-east-1", "eu-west-1"
@@ -32,22 +30,9 @@ DELAY_S = 3.0  # longer than a local ingest takes, so writes of both regions rac
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state_dir = tmp_path_factory.mktemp("two-regions")
-    state = stack.up((US, EU), state_dir, replication_delay_s=DELAY_S)
-    try:
-        yield {
-            "state_dir": state_dir,
-            "state": state,
-            **{
-                r: {
-                    "res": stack.region_resources(state, r),
-                    "redis": redis.Redis.from_url(state["redis_urls"][r], decode_responses=True),
-                    **local_clients(state["endpoint"], r, "kinesis", "dynamodb", "s3", "sqs"),
-                }
-                for r in (US, EU)
-            },
-        }
-    finally:
-        stack.down(state_dir)
+    services = ("kinesis", "dynamodb", "s3", "sqs")
+    with regions_stack(state_dir, (US, EU), services, replication_delay_s=DELAY_S) as running:
+        yield running
 
 
 def table_name(both: dict[str, Any]) -> str:
