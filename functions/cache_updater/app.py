@@ -13,10 +13,17 @@ Each purpose runs over its own records on every attempt and reports only its own
 The repair runs in a thread of its own beside the cache, so a Redis outage (timeouts, retries) neither stops nor
 delays it. Lambda checkpoints before the lowest reported record and replays every record after it, so both
 purposes are idempotent: the compare-and-set ignores what is not newer, and the conditional put refuses it.
+
+A Redis failure is waited out inside the invocation first: jittered exponential backoff, as long as the function's
+remaining time allows one more attempt and the response (``CACHE_RESERVE_MS``), and only then are the reading
+records reported. Lambda may retry a stream batch at once, so without the waits the mapping's retries were spent
+in milliseconds when connections were refused, and the batch went to the on-failure queue; with them the retries
+outlast an ElastiCache Multi-AZ failover (docs/deploy.md, "Redis failover").
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -32,11 +39,21 @@ from devicepipe.config import CacheSettings, RepairSettings
 from devicepipe.dynamo import DynamoWriter
 from devicepipe.observability import logger, metrics, tracer
 from devicepipe.repair import Regression, RepairResult, regressions, restore
-from devicepipe.retry import Deadline, Retrier
+from devicepipe.retry import Backoff, Deadline, Retrier
 from devicepipe.streams import changes
 
 #: The repair's own thread, so that it runs beside the cache whatever Redis does.
 _REPAIRS = ThreadPoolExecutor(1, thread_name_prefix="latest-repair")
+#: Time kept back from the Redis waits: one more attempt at its slowest (the client's connect and socket timeouts,
+#: 2 s each, tried twice) and the response to Lambda. With the template's 30 s timeout, 20 s of waiting per
+#: invocation; times the mapping's 11 invocations (MaximumRetryAttempts 10), minutes.
+CACHE_RESERVE_MS = 10_000
+#: Pauses between Redis attempts: full jitter, 0.25 s doubling up to 4 s (the attempts count is bounded by time).
+CACHE_BACKOFF = Backoff(base_s=0.25, cap_s=4.0, max_attempts=1_000)
+#: Redis retries of its own: one immediate reconnect (a connection that died while the container was frozen);
+#: the backoff above does the waiting, so that an attempt stays short and the deadline holds.
+REDIS_RETRIES = 1
+_sleep: Callable[[float], None] = time.sleep
 
 
 @cache
@@ -44,7 +61,8 @@ def _writer() -> CacheWriter:
     """Settings and the Redis connection pool, once per container (redis-py reconnects after a freeze)."""
     settings = CacheSettings.from_env()
     secrets = boto3.client("secretsmanager") if settings.redis_auth_secret_arn else None
-    return CacheWriter(connect(settings, secrets), settings.key_prefix, settings.retention_days * 86_400)
+    client = connect(settings, secrets, retries=REDIS_RETRIES)
+    return CacheWriter(client, settings.key_prefix, settings.retention_days * 86_400)
 
 
 @cache
@@ -72,7 +90,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     found = regressions(records)
     repairing = _REPAIRS.submit(_repair, found, context.get_remaining_time_in_millis) if found else None
     try:
-        cache_failed = _update_cache(records)
+        cache_failed = _update_cache(records, Deadline(context.get_remaining_time_in_millis, CACHE_RESERVE_MS))
     finally:
         # Waited for even when the cache raised: the repair is written on this attempt whatever the cache did.
         repaired = repairing.result() if repairing else RepairResult()
@@ -82,22 +100,40 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return {"batchItemFailures": [{"itemIdentifier": n} for n in numbers if n in failed]}
 
 
-def _update_cache(records: Sequence[dict[str, Any]]) -> set[str]:
-    """Apply the batch's readings to Redis; the sequence numbers to retry (the reading records) if it fails."""
+def _update_cache(records: Sequence[dict[str, Any]], deadline: Deadline) -> set[str]:
+    """Apply the batch's readings to Redis, retrying with backoff while the deadline allows; the sequence numbers
+    to retry (the reading records) if Redis is still failing then."""
     batch = list(changes(records))
     updates = newest_per_device(batch)
-    try:
-        applied = _writer().apply(updates) if updates else 0
-    except CacheUnavailable as exc:
-        # Nothing is lost: the reading records go back to Lambda, which retries them (updates are idempotent).
-        mine = {c.sequence_number for c in batch if is_cached(c)}
-        logger.error("cache unavailable; its records left for retry", extra={"error": str(exc), "records": len(mine)})
-        metrics.add_metric("CacheFailures", MetricUnit.Count, 1)
-        return mine
+    retries = 0
+    while True:
+        try:
+            applied = _writer().apply(updates) if updates else 0
+            break
+        except CacheUnavailable as exc:
+            wait = CACHE_BACKOFF.delay(retries)
+            if retries + 1 < CACHE_BACKOFF.max_attempts and deadline.allows(wait):
+                if not retries:
+                    logger.warning("cache unavailable; retrying within the invocation", extra={"error": str(exc)})
+                metrics.add_metric("CacheRetries", MetricUnit.Count, 1)
+                _sleep(wait)
+                retries += 1
+                continue
+            # Nothing is lost: the reading records go back to Lambda, which retries them (updates are idempotent).
+            mine = {c.sequence_number for c in batch if is_cached(c)}
+            logger.error(
+                "cache unavailable; its records left for retry",
+                extra={"error": str(exc), "records": len(mine), "retries": retries},
+            )
+            metrics.add_metric("CacheFailures", MetricUnit.Count, 1)
+            return mine
     metrics.add_metric("StreamRecords", MetricUnit.Count, len(records))
     metrics.add_metric("CacheUpdates", MetricUnit.Count, applied)
     metrics.add_metric("CacheStale", MetricUnit.Count, len(updates) - applied)
-    logger.info("cache updated", extra={"records": len(records), "devices": len(updates), "applied": applied})
+    logger.info(
+        "cache updated",
+        extra={"records": len(records), "devices": len(updates), "applied": applied, "retries": retries},
+    )
     return set()
 
 

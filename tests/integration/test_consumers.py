@@ -107,6 +107,7 @@ def test_redis_down_mid_batch_fails_the_readings_and_the_retry_loses_nothing(
         # When the next batch arrives, every reading insert or change in it is reported for retry (its LATEST
         # insert and REMOVE, which the mapping's filters would not even pass, are no cache work)
         event = sample("cache_updater/mixed.json")
+        lambda_context.remaining_ms = cache_app.CACHE_RESERVE_MS  # no time to wait Redis out (test_cache_failover.py)
         response = cache_app.lambda_handler(event, lambda_context)
         assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == [
             r["dynamodb"]["SequenceNumber"]
@@ -223,6 +224,7 @@ def test_redis_down_fails_only_the_readings_and_the_repair_is_written_on_every_a
     event = sample(BOTH_PURPOSES)
     regressed, _ = latest_changes(event)
     private_redis.stop()
+    lambda_context.remaining_ms = cache_app.CACHE_RESERVE_MS  # no time to wait Redis out (test_cache_failover.py)
     try:
         for _attempt in range(2):
             # Given LATEST moved back (again, before each attempt) and Redis down

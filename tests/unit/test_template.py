@@ -213,8 +213,10 @@ def test_redis_is_multi_az_encrypted_with_auth_from_secrets_manager(template: di
     assert props["NumCacheClusters"] >= 2
     assert props["TransitEncryptionEnabled"] is True and props["AtRestEncryptionEnabled"] is True
     assert "resolve:secretsmanager" in props["AuthToken"]["Fn::Sub"]
-    ingress = resource(template, "RedisSecurityGroup")["Properties"]["SecurityGroupIngress"]
-    assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
+    # who may connect: tests/unit/test_template_network.py
+    assert resource(template, "CacheUpdaterFunction")["Properties"]["VpcConfig"]["SecurityGroupIds"] == [
+        {"Ref": "CacheUpdaterSecurityGroup"}
+    ]
 
 
 @pytest.mark.parametrize("function", ["CacheUpdaterFunction", "StagerFunction"])
@@ -485,8 +487,10 @@ def test_aurora_global_database_multi_az_encrypted_two_day_backups(template: dic
     assert len(instances) >= 2 and all(i["DBClusterIdentifier"] == {"Ref": "AuroraCluster"} for i in instances)
     assert len({json.dumps(i["AvailabilityZone"]) for i in instances}) == len(instances)  # different AZs
     assert not any(i["PubliclyAccessible"] for i in instances)
-    ingress = resource(template, "AuroraSecurityGroup")["Properties"]["SecurityGroupIngress"]
-    assert [r["SourceSecurityGroupId"] for r in ingress] == [{"Ref": "FunctionSecurityGroup"}]
+    assert "SecurityGroupIngress" not in resource(template, "AuroraSecurityGroup")["Properties"]  # see below
+    assert resource(template, "AuroraFromRotation")["Properties"]["SourceSecurityGroupId"] == {
+        "Ref": "AuroraRotationSecurityGroup"
+    }
     assert alarms_on(template, {"Fn::If": ["IsPrimaryRegion", "AuroraReplicaLag", "AuroraGlobalDBReplicationLag"]})
 
 

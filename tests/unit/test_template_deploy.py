@@ -143,11 +143,10 @@ def test_aurora_master_secret_rotates_with_the_hosted_postgresql_single_user_fun
         hosted["ExcludeCharacters"]
         == resource(template, "AuroraMasterSecret")["Properties"]["GenerateSecretString"]["ExcludeCharacters"]
     )
-    # in the private subnets, where the Secrets Manager endpoint and the cluster answer the functions' group
+    # in the private subnets, where the Secrets Manager endpoint and the cluster answer its own group (what that
+    # group may reach: tests/unit/test_template_network.py)
     assert hosted["VpcSubnetIds"] == {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]}
-    assert hosted["VpcSecurityGroupIds"] == {"Ref": "FunctionSecurityGroup"}
-    ingress = resource(template, "AuroraSecurityGroup")["Properties"]["SecurityGroupIngress"]
-    assert {"Ref": "FunctionSecurityGroup"} in [r["SourceSecurityGroupId"] for r in ingress]
+    assert hosted["VpcSecurityGroupIds"] == {"Ref": "AuroraRotationSecurityGroup"}
 
 
 def test_a_hosted_rotation_declares_the_secrets_manager_transform_and_deploys_with_auto_expand(

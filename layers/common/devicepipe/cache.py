@@ -61,8 +61,10 @@ def connect(settings: CacheSettings, secrets: Any = None, timeout_s: float = 2.0
     """A Redis client from the settings: ``REDIS_URL`` as given, else TLS to host:port with the AUTH token
     read from Secrets Manager (a JSON secret with a ``token`` key, or the token itself).
 
-    By default redis-py retries connection errors and timeouts itself (3 times, jittered backoff); a client
-    that someone waits on (the read API) passes fewer ``retries``, none of them delayed, and a shorter timeout.
+    By default redis-py retries connection errors and timeouts itself (redis-py 8: 10 times, jittered backoff of
+    at most 1 s). A caller that bounds its own time passes ``retries``, none of them delayed: the read API (someone
+    waits on it; a shorter timeout too) and the cache updater (its handler waits out a failover with backoff
+    against the function's deadline, so a single attempt must stay short).
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout_s,
@@ -185,11 +187,20 @@ class CacheWriter:
                 self._sha = self._load_script()  # Redis restarted or failed over: scripts are gone
                 results = self._run(updates)
         except redis_lib.exceptions.RedisError as exc:
+            self._drop_connections_to_a_replica(exc)
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
         errors = [r for r in results if isinstance(r, Exception)]
         if errors:
+            self._drop_connections_to_a_replica(errors[0])
             raise CacheUnavailable(f"{len(errors)} cache updates failed: {errors[0]}")
         return sum(int(r) for r in results)
+
+    def _drop_connections_to_a_replica(self, error: BaseException) -> None:
+        """After a Multi-AZ failover the pooled connections still reach the old primary, now a replica that
+        refuses writes (READONLY); closing them makes the next attempt connect again, resolving the primary
+        endpoint's DNS name, which ElastiCache has moved to the promoted replica."""
+        if isinstance(error, redis_lib.exceptions.ReadOnlyError):
+            self.redis.connection_pool.disconnect()
 
     def load_views(self, members: Sequence[tuple[str, str, int]]) -> None:
         """Write branch views read whole from the table (``(branch_id, device_id, last seen ms)`` of every
