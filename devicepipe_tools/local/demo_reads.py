@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from devicepipe.models import parse_reading
+from devicepipe.models import Reading, parse_reading
 from devicepipe_tools.read_client import ReadClient, RequestFailed
 from devicepipe_tools.stats import summary_ms
 
@@ -35,19 +35,18 @@ class Expected:
 
     @classmethod
     def of(cls, docs: Iterable[dict[str, Any]]) -> Expected:
-        newest: dict[str, tuple[str, int, str]] = {}
+        newest: dict[str, Reading] = {}
         seen: dict[str, set[str]] = defaultdict(set)
         for doc in docs:
             r = parse_reading(doc, now_s=time.time())
             seen[r.device_id].add(r.version)
-            if r.device_id not in newest or r.version > newest[r.device_id][2]:
-                newest[r.device_id] = (r.ts, r.seq, r.version)
+            if r.device_id not in newest or r.version > newest[r.device_id].version:
+                newest[r.device_id] = r
         branches: dict[str, set[str]] = defaultdict(set)
-        for doc in docs:
-            if (parse_reading(doc, now_s=time.time()).version) == newest[doc["device_id"]][2]:
-                branches[doc["branch_id"]].add(doc["device_id"])
+        for r in newest.values():
+            branches[r.branch_id].add(r.device_id)
         return cls(
-            {d: (ts, seq) for d, (ts, seq, _) in newest.items()},
+            {d: (r.ts, r.seq) for d, r in newest.items()},
             dict(branches),
             {d: len(v) for d, v in seen.items()},
         )

@@ -14,13 +14,20 @@ def free_port() -> int:
         return port
 
 
+def accepting(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_listening(port: int, timeout_s: float = 10) -> None:
     """Until something accepts connections on 127.0.0.1:``port``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if accepting(port):
+            return
+        time.sleep(0.05)
     raise RuntimeError(f"nothing started listening on port {port}")

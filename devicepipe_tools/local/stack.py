@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from devicepipe_tools.local.api_server import routes
-from devicepipe_tools.local.net import free_port
+from devicepipe_tools.local.net import accepting, free_port
 from devicepipe_tools.local.outage import OutageMiddleware, down_regions, set_down
 from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
@@ -304,7 +303,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
     while not stopping and (
         len(list(state_dir.glob("esm-*.json"))) < len(workers)
         or not (state_dir / "loader.json").exists()
-        or not all(_accepting(port) for port in api_ports.values())
+        or not all(accepting(port) for port in api_ports.values())
     ):
         if any(p.poll() is not None for p in processes):
             print("a worker exited during start-up", file=sys.stderr)
@@ -367,14 +366,6 @@ def _api_function(template: dict[str, Any]) -> str | None:
     if len(functions) > 1:
         raise StackError(f"the local stack serves one function's HttpApi routes, template.yaml has {functions}")
     return functions[0] if functions else None
-
-
-def _accepting(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _functions_with_mappings(template: dict[str, Any]) -> list[str]:

@@ -108,16 +108,16 @@ class Cursor:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, text: str | None, scope: dict[str, Any]) -> Any:
-        """The position stored in ``text`` (None without a cursor); ``400`` if it is malformed or belongs to
-        another route, device, branch or time range."""
+    def decode(cls, text: str | None, scope: dict[str, Any], valid: Callable[[Any], bool]) -> Any:
+        """The position stored in ``text`` (None without a cursor); ``400`` if it is malformed, belongs to
+        another route, device, branch or time range, or holds a position ``valid`` refuses."""
         if text is None:
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         except (binascii.Error, ValueError):
             raise invalid("cursor", "the next_cursor of a previous page", text) from None
-        if not isinstance(data, dict) or data.get("s") != scope or "a" not in data:
+        if not isinstance(data, dict) or data.get("s") != scope or "a" not in data or not valid(data["a"]):
             raise invalid("cursor", "the next_cursor of a previous page of the same query", text)
         return data["a"]
 
@@ -178,9 +178,7 @@ def build_app(
         limit = checked_int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         lo, hi = "R#" + (start or ""), "R#" + end if end else "R$"  # "$" sorts after "#": no upper bound
         scope = {"route": "readings", "device_id": device, "from": start, "to": end}
-        after = Cursor.decode(query.get("cursor"), scope)
-        if after is not None and not (isinstance(after, str) and lo <= after <= hi):
-            raise invalid("cursor", "the next_cursor of a previous page of the same query", query["cursor"])
+        after = Cursor.decode(query.get("cursor"), scope, valid=lambda a: isinstance(a, str) and lo <= a <= hi)
         page = _answer(lambda: reads().history(device, lo, hi, limit, after))
         if not page.items and after is None and not _answer(lambda: reads().known(device)):
             raise ApiError(404, "not_found", f"device {device} has no reading")
@@ -208,9 +206,7 @@ def build_app(
         limit = checked_int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         stale_after = checked_int(query, "stale_after", stale_after_s(), 1, 31_536_000)
         scope = {"route": "branch_devices", "branch_id": branch}
-        after = Cursor.decode(query.get("cursor"), scope)
-        if after is not None and not _is_position(after):
-            raise invalid("cursor", "the next_cursor of a previous page of the same query", query["cursor"])
+        after = Cursor.decode(query.get("cursor"), scope, valid=_is_position)
         page = _answer(lambda: reads().branch_devices(branch, limit, tuple(after) if after else None))
         now_ms = now_s() * 1000
         return {

@@ -216,10 +216,7 @@ class CacheWriter:
             pipe.set(self.branch_key(branch) + ":loaded", 1, ex=BRANCH_LOADED_S)
         pipe.set(self.branches_key + ":loaded", 1, ex=BRANCH_LOADED_S)
         self.round_trips += 1
-        try:
-            pipe.execute()
-        except redis_lib.exceptions.RedisError as exc:
-            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        _execute(pipe)
 
     def _load_script(self) -> str:
         self.round_trips += 1
@@ -253,7 +250,8 @@ class CacheWriter:
 
 
 class CacheReader:
-    """Reads of the cache's layout, each one round trip; ``CacheUnavailable`` when Redis fails.
+    """Reads of the cache's layout, in one round trip each (the branch list: two); ``CacheUnavailable`` when
+    Redis fails.
 
     Cache-aside (what to do on a miss) is the caller's business: see ``devicepipe.reads``.
     """
@@ -274,48 +272,49 @@ class CacheReader:
         pipe = self.redis.pipeline(transaction=False)
         for device_id in device_ids:
             pipe.hgetall(self.writer.device_key(device_id))
-        return [_decode(fields) if fields else None for fields in self._execute(pipe)]
+        return [_decode(fields) if fields else None for fields in _execute(pipe)]
 
     def branch(self, branch_id: str) -> list[tuple[str, int]] | None:
         """``(device_id, last seen epoch ms)`` of every device of a branch, most recently seen first (ties by
         device id, descending), or None when the branch is not held whole (see the module's docstring)."""
-        key = self.writer.branch_key(branch_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(key + ":loaded")
-        pipe.zrevrange(key, 0, -1, withscores=True)
-        loaded, members = self._execute(pipe)
-        return [(_text(d), int(score)) for d, score in members] if loaded else None
+        members = self._loaded_set(self.writer.branch_key(branch_id))
+        return None if members is None else [(d, int(score)) for d, score in members]
 
     def branches(self) -> list[tuple[str, int, int]] | None:
         """``(branch_id, last seen epoch ms, devices)`` of every branch, most recently seen first, or None when
         the branch list is not held whole."""
-        key = self.writer.branches_key
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(key + ":loaded")
-        pipe.zrevrange(key, 0, -1, withscores=True)
-        loaded, members = self._execute(pipe)
-        if not loaded:
+        members = self._loaded_set(self.writer.branches_key)
+        if members is None:
             return None
         pipe = self.redis.pipeline(transaction=False)
         for branch, _ in members:
-            pipe.zcard(self.writer.branch_key(_text(branch)))
-        counts = self._execute(pipe) if members else []
-        return [(_text(b), int(score), int(n)) for (b, score), n in zip(members, counts, strict=True)]
+            pipe.zcard(self.writer.branch_key(branch))
+        counts = _execute(pipe) if members else []
+        return [(b, int(score), int(n)) for (b, score), n in zip(members, counts, strict=True)]
 
-    def mark_loaded(self, branch_id: str | None = None) -> None:
-        """Record that a branch (or, with None, the branch list) was just read whole from the table."""
-        key = self.writer.branches_key if branch_id is None else self.writer.branch_key(branch_id)
-        try:
-            self.redis.set(key + ":loaded", 1, ex=BRANCH_LOADED_S)
-        except redis_lib.exceptions.RedisError as exc:
-            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    def mark_loaded(self, branch_id: str) -> None:
+        """Record that a branch was just read whole from the table."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.writer.branch_key(branch_id) + ":loaded", 1, ex=BRANCH_LOADED_S)
+        _execute(pipe)
 
-    def _execute(self, pipe: Any) -> list[Any]:
-        try:
-            results: list[Any] = pipe.execute()
-        except redis_lib.exceptions.RedisError as exc:
-            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return results
+    def _loaded_set(self, key: str) -> list[tuple[str, float]] | None:
+        """A sorted set's members with their scores, highest first, or None while its ``:loaded`` marker is
+        missing (the set may hold only what changed since Redis was emptied)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(key + ":loaded")
+        pipe.zrevrange(key, 0, -1, withscores=True)
+        loaded, members = _execute(pipe)
+        return [(_text(m), score) for m, score in members] if loaded else None
+
+
+def _execute(pipe: Any) -> list[Any]:
+    """Send a pipeline; a Redis failure becomes ``CacheUnavailable``."""
+    try:
+        results: list[Any] = pipe.execute()
+    except redis_lib.exceptions.RedisError as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return results
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, Any]:

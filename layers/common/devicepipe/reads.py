@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from devicepipe.cache import CacheReader, CacheUnavailable, CacheWriter, epoch_ms, update_from_item
 from devicepipe.models import LATEST_SK, device_pk, unmarshal_item
@@ -34,6 +34,7 @@ REDIS_BACKOFF_S = 5.0
 #: A reader waits for throttled keys a little, not the ingest's two seconds: the client can retry.
 _READ_RETRIES = Retrier(Backoff(base_s=0.02, cap_s=0.2, max_attempts=4))
 
+_Entry = TypeVar("_Entry", bound=tuple[Any, ...])
 #: ``on_lookup(kind, outcome)``: kind is ``latest``, ``branch``, ``branches`` or ``devices`` (a branch page's
 #: readings); outcome ``hit``, ``miss`` or ``error`` (Redis failed: answered from the table). Kind ``fill``
 #: with ``error``: writing a table answer back to Redis failed.
@@ -193,8 +194,7 @@ class Reads:
         for branch, _, ms in members:
             newest, count = seen.get(branch, (0, 0))
             seen[branch] = (max(newest, ms), count + 1)
-        listing = [(b, ms, n) for b, (ms, n) in seen.items()]
-        return sorted(listing, key=lambda b: (b[1], b[0]), reverse=True), "table"
+        return _newest_first([(b, ms, n) for b, (ms, n) in seen.items()]), "table"
 
     # ------------------------------------------------------------------ helpers
     def _branch_members(self, branch_id: str) -> tuple[list[tuple[str, int]], str]:
@@ -210,8 +210,7 @@ class Reads:
         items = [unmarshal_item(i) for page in pages for i in page.get("Items", [])]
         self._fill(items)
         self._write_back(lambda: self.cache.mark_loaded(branch_id))
-        members = [(str(i["device_id"]), epoch_ms(str(i["ts"]))) for i in items]
-        return sorted(members, key=lambda m: (m[1], m[0]), reverse=True), "table"
+        return _newest_first([(str(i["device_id"]), epoch_ms(str(i["ts"]))) for i in items]), "table"
 
     def _readings_of(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Newest readings of devices listed in a branch view: Redis, then the table for the ones Redis lost
@@ -276,6 +275,12 @@ class Reads:
             if "LastEvaluatedKey" not in page:
                 return pages
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _newest_first(entries: list[_Entry]) -> list[_Entry]:
+    """``(id, last seen ms, ...)`` entries in Redis's ``ZREVRANGE`` order: newest first, ties by id descending,
+    so a listing read from the table pages exactly like one read from the cache."""
+    return sorted(entries, key=lambda e: (e[1], e[0]), reverse=True)
 
 
 def _latest_key(device_id: str) -> dict[str, Any]:
