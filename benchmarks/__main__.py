@@ -9,11 +9,12 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "devicepipe")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from benchmarks import bench_consumers, bench_ingest, bench_loader, bench_read_api
+from benchmarks import bench_consumers, bench_ingest, bench_loader, bench_read_api, bench_reports
 
 
 def main() -> None:
     rows = bench_ingest.main() + bench_consumers.main() + bench_loader.main() + bench_read_api.main()
+    rows += bench_reports.main()
     print("\nsummary (figure / target):")
     for name, value, target, ok in rows:
         verdict = "info" if not target else "met " if ok else "MISS"

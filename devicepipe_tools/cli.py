@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +24,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
-from devicepipe_tools import read_client
+from devicepipe_tools import read_client, registry_cli
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import clients as local_clients
@@ -39,7 +39,7 @@ from devicepipe_tools.producer import (
     simulate,
 )
 from devicepipe_tools.read_client import NoApi, ReadClient, RequestFailed
-from devicepipe_tools.template import ROOT
+from devicepipe_tools.template import ROOT, load_template
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_produce)
 
-    p = sub.add_parser("local", help="the local stack: up | down | status | demo | outage | recover")
+    p = sub.add_parser("local", help="the local stack: up | down | status | demo | outage | recover | report")
     lsub = p.add_subparsers(required=True, metavar="ACTION")
     for name, run, text in (
         ("up", _local_up, "start the local stack in the background"),
@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it"),
         ("outage", _local_outage, "take one region of the running stack down (503s, functions stop)"),
         ("recover", _local_outage, "bring a region that is down back up"),
+        ("report", _local_report, "run the branch reports now (ReportFunction's run, on the local warehouse)"),
     ):
         a = lsub.add_parser(name, help=text)
         a.add_argument(
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         a.set_defaults(run=run, action_name=name)
         if name in ("outage", "recover"):
             a.add_argument("region")
+        if name == "report":
+            a.add_argument("--period", help="a day, YYYY-MM-DD (default: each branch's last two finished days)")
+            a.add_argument("--branch", action="append", default=[], help="this branch only (repeatable)")
         if name in ("up", "demo"):
             a.add_argument(
                 "--regions",
@@ -168,18 +172,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_probe)
 
-    p = sub.add_parser("read", help="read data back through the read API: latest | history | branch | branches")
+    p = sub.add_parser(
+        "read", help="read data back through the read API: latest | history | branch | branches | report"
+    )
     rsub = p.add_subparsers(required=True, metavar="WHAT")
     for name, text in (
         ("latest", "a device's newest reading"),
         ("history", "a device's readings, newest first"),
         ("branch", "a branch's devices with their latest readings, most recently seen first"),
         ("branches", "every branch that has devices"),
+        ("report", "a branch's report for one day (its stored report)"),
     ):
         r = rsub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
         r.set_defaults(run=_read, what=name, all=False)
         if name in ("latest", "history"):
             r.add_argument("device")
+        if name == "report":
+            r.add_argument("branch")
+            r.add_argument("--period", type=_day, help="the branch's local day, YYYY-MM-DD (default: yesterday, UTC)")
         if name == "branch":
             r.add_argument("branch")
             r.add_argument("--stale-after", type=_positive, help="seconds after which a device is stale")
@@ -244,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true", help="also print every cost line (quantity x unit price)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
     p.set_defaults(run=_plan)
+
+    registry_cli.add_parser(sub)
     return parser
 
 
@@ -436,6 +448,38 @@ def _local_outage(args: argparse.Namespace) -> int:
     down = stack.set_region_down(args.state_dir, args.region, down=args.action_name == "outage")
     print(f"regions down: {', '.join(sorted(down)) or 'none'}")
     return EXIT_OK
+
+
+#: Functions whose handlers need the Redshift Data API: the local stack runs their logic on DuckDB instead.
+_RUN_BY_THE_STACK = {
+    "LoaderFunction": "devicepipe loads list --local",
+    "ReportFunction": "devicepipe local report [--period D] [--branch B]",
+}
+
+
+def _local_report(args: argparse.Namespace) -> int:
+    """ReportFunction's run on the local stack, with its event's rules (``{"period", "branches"}``)."""
+    from devicepipe.report_run import BadRequest, parse_request
+    from devicepipe_tools.local.loader_worker import build_report_replicators, build_report_runtime, run_reports
+
+    state = stack.read_state(args.state_dir)
+    template = load_template()
+    event = {k: v for k, v in (("period", args.period), ("branches", args.branch or None)) if v is not None}
+    try:
+        request = parse_request(event, datetime.now(UTC))
+        runtime = build_report_runtime(state, args.state_dir, template)
+        figures = run_reports(runtime, build_report_replicators(state, template), set(state.get("down", [])), request)
+    except BadRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"{figures['due']} reports due: {figures['written']} written, {figures['unchanged']} unchanged, "
+        f"{figures['failed']} failed; {figures['notified']} notifications; {figures['replicated']} objects "
+        f"replicated to the other regions; {figures['seconds']} s"
+    )
+    for failure in figures["failures"]:
+        print(f"  failed: {failure['branch_id']} {failure['period']}: {failure['reason']}", file=sys.stderr)
+    return EXIT_FAILED if figures["failures"] else EXIT_OK
 
 
 def _local_demo(args: argparse.Namespace) -> int:
@@ -684,7 +728,16 @@ def _read_request(args: argparse.Namespace) -> tuple[str, dict[str, Any], str | 
     if args.what == "branch":
         params = {"limit": args.limit, "stale_after": args.stale_after}
         return f"/branches/{quote(args.branch, safe='')}/devices", params, "devices"
+    if args.what == "report":
+        return f"/branches/{quote(args.branch, safe='')}/report", {"period": args.period}, None
     return "/branches", {}, None
+
+
+def _day(text: str) -> str:
+    try:
+        return date.fromisoformat(text.strip()).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a day YYYY-MM-DD") from None
 
 
 _DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -747,7 +800,31 @@ def _render_branches(doc: dict[str, Any], now: datetime) -> str:
     return _table(title, ["branch", "devices", "last seen", "age"], rows)
 
 
+def _render_report(doc: dict[str, Any], now: datetime) -> str:
+    report, summary = doc["report"], doc["report"]["summary"]
+    rows = [
+        [
+            d["device_id"],
+            d.get("kind") or "UNREGISTERED",
+            str(d["readings"]),
+            d.get("last_seen") or "-",
+            str(len(d["gaps"])),
+            str(sum(m["out_of_range"] or 0 for m in d["metrics"].values())),
+        ]
+        for d in report["devices"]
+    ]
+    title = (
+        f"branch {report['branch_id']} ({report['branch_name']}), {report['period']} in {report['time_zone']}"
+        f"{'' if report['final'] else ' (not final yet)'}: {summary['readings']} readings, "
+        f"{summary['devices_reporting']} of {summary['devices_expected']} expected devices reporting, "
+        f"{len(summary['unregistered_devices'])} unregistered, {summary['out_of_range']} out of range "
+        f"(from the {doc.get('source')} in {doc.get('region')})"
+    )
+    return _table(title, ["device", "kind", "readings", "last seen", "gaps", "out of range"], rows)
+
+
 _RENDER = {
+    "report": _render_report,
     "latest": _render_latest,
     "history": _render_history,
     "branch": _render_branch,
@@ -795,10 +872,10 @@ def _invoke(args: argparse.Namespace) -> int:
     if not Path(args.event).is_file():
         print(f"devicepipe: no event file {args.event}", file=sys.stderr)
         return EXIT_USAGE
-    if args.local and args.function == "LoaderFunction":
+    if args.local and args.function in _RUN_BY_THE_STACK:
         print(
-            "devicepipe: the local stack runs the loader itself, on DuckDB (its handler needs the Redshift Data "
-            "API): see `devicepipe loads list --local`",
+            f"devicepipe: the local stack runs {args.function}'s logic itself, on DuckDB (its handler needs the "
+            f"Redshift Data API): see `{_RUN_BY_THE_STACK[args.function]}`",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -808,7 +885,14 @@ def _invoke(args: argparse.Namespace) -> int:
         res = stack.region_resources(state, region)
         env = {
             **os.environ,
-            **stack.lambda_env(template, args.function, state["endpoint"], state["redis_urls"][region], res),
+            **stack.lambda_env(
+                template,
+                args.function,
+                state["endpoint"],
+                state["redis_urls"][region],
+                res,
+                state.get("registry_reader_url", ""),
+            ),
         }
     else:
         # Like `sam local invoke`: real AWS through the credential chain; names of deployed resources come

@@ -213,7 +213,7 @@ def http_api_event(
 def read_api_events() -> dict[str, dict[str, Any]]:
     """One HTTP API event per read route and error case (devices and branches of the ingest samples)."""
     latest, readings = "/devices/{device_id}/latest", "/devices/{device_id}/readings"
-    devices = "/branches/{branch_id}/devices"
+    devices, report = "/branches/{branch_id}/devices", "/branches/{branch_id}/report"
 
     def get(route: str, query: str = "", **params: str) -> dict[str, Any]:
         path = route.format(**params)
@@ -231,6 +231,28 @@ def read_api_events() -> dict[str, dict[str, Any]]:
         "read_api/bad-limit.json": get(readings, "limit=5000", device_id="dev-001"),
         "read_api/bad-time.json": get(readings, "from=yesterday", device_id="dev-001"),
         "read_api/bad-cursor.json": get(readings, "cursor=not-a-cursor", device_id="dev-001"),
+        "read_api/report.json": get(report, "period=2026-11-02", branch_id="branch-nyc"),
+        "read_api/report-not-found.json": get(report, "period=2026-10-01", branch_id="branch-nyc"),
+        "read_api/report-bad-period.json": get(report, "period=2026-02-30", branch_id="branch-nyc"),
+    }
+
+
+def report_events() -> dict[str, dict[str, Any]]:
+    """ReportFunction's events: its schedule's, and on-demand requests (one branch; every branch)."""
+    return {
+        "reports/scheduled.json": {
+            "version": "0",
+            "id": "7c1d2e3f-0000-4000-8000-000000000000",
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": "2026-11-03T06:05:00Z",
+            "region": "us-east-1",
+            "resources": [f"arn:aws:events:us-east-1:{ACCOUNT}:rule/devicepipe-ReportFunctionSchedule"],
+            "detail": {},
+        },
+        "reports/on-demand.json": {"period": "2026-11-02", "branches": ["branch-nyc"]},
+        "reports/backfill-every-branch.json": {"period": "2026-11-01"},
     }
 
 
@@ -313,6 +335,7 @@ def sample_events() -> dict[str, dict[str, Any]]:
         },
         "loader/backfill-one-day.json": {"prefix": "readings/origin=us-east-1/dt=2026-11-02/"},
         **read_api_events(),
+        **report_events(),
         "ingest/valid-batch.json": kinesis_event([(r["device_id"], encode(r)) for r in valid]),
         "ingest/poison-pills.json": kinesis_event(poison, first_seq=100),
         "ingest/kpl-aggregated.json": kinesis_event(

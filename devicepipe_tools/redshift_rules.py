@@ -346,6 +346,23 @@ def _denied_functions(st: Statement) -> Iterator[str]:
             yield f"{name}: {DENIED_FUNCTIONS[name]}"
 
 
+@statement_rule("sort_aggregates_share_order")
+def _sort_aggregates_share_order(st: Statement) -> Iterator[str]:
+    """ "If a statement includes multiple calls to sort-based aggregate functions (LISTAGG, PERCENTILE_CONT, or
+    MEDIAN), they must all use the same ORDER BY values. Note that MEDIAN applies an implicit order by on the
+    expression value": https://docs.aws.amazon.com/redshift/latest/dg/r_PERCENTILE_CONT.html (DuckDB has no such
+    rule: a report with a p95 per metric column would run locally and fail on Redshift)."""
+    orders: set[tuple[str, ...]] = set()
+    for node in st.tree.find_all(exp.WithinGroup, exp.Median) if st.tree else ():
+        if isinstance(node, exp.Median):
+            orders.add((node.this.sql(dialect="redshift"),))
+        elif isinstance(node.this, exp.PercentileCont | exp.GroupConcat):
+            order = node.expression.expressions
+            orders.add(tuple(o.this.sql(dialect="redshift") + (" DESC" if o.args.get("desc") else "") for o in order))
+    if len(orders) > 1:
+        yield f"sort-based aggregates ordered by different values: {sorted(orders)}"
+
+
 # --- batch rules (one BatchExecuteStatement: one transaction) --------------------------------------------------
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
 from devicepipe_tools.local.net import free_port, wait_listening  # noqa: E402
+from devicepipe_tools.local.postgres import LocalPostgres, PostgresUnavailable, start_postgres  # noqa: E402
 from devicepipe_tools.template import load_template  # noqa: E402
 
 
@@ -82,3 +85,21 @@ def private_redis() -> Iterator[PrivateRedis]:
     server = PrivateRedis(binary)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL of the session's own (the local stack's launcher), superuser ``postgres`` on a free port; skipped
+    when none can be started, except in CI, where .ci/run installs Debian's postgresql."""
+    # Not pytest's tmp_path: its base directory is private to root, and as root the server runs as another user.
+    data_dir = Path(tempfile.mkdtemp(prefix="devicepipe-pg-"))
+    try:
+        server = start_postgres(data_dir)
+    except PostgresUnavailable as exc:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI (.ci/run installs it): {exc}")
+        pytest.skip(f"needs PostgreSQL: {exc}")
+    yield server
+    server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -21,9 +21,12 @@ from typing import Any
 import redis
 
 from devicepipe.cache import CacheWriter
+from devicepipe.database import PgDatabase
 from devicepipe.models import parse_reading
+from devicepipe.registry import import_registry
 from devicepipe.repair import regressions
 from devicepipe.warehouse import BRANCH_REPORT
+from devicepipe_tools.fleet import fleet_registry
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.demo_reads import (
     FRESHNESS_GOAL_S,
@@ -33,6 +36,7 @@ from devicepipe_tools.local.demo_reads import (
     freshness,
     hit_ratio,
 )
+from devicepipe_tools.local.demo_reports import verify_reports
 from devicepipe_tools.local.esm import DynamoDBStreamSource, read_all
 from devicepipe_tools.local.loader_worker import build_loader
 from devicepipe_tools.local.resources import RegionResources
@@ -103,6 +107,12 @@ def run_demo(
     result = DemoResult()
     try:
         clients = {r: local_clients(state["endpoint"], r, "kinesis", "dynamodb", "s3", "sqs") for r in regions}
+        registry = fleet_registry(devices, branches)
+        seed = PgDatabase.from_url(state["registry_url"])
+        try:
+            import_registry(seed, registry)
+        finally:
+            seed.close()
         resources = {r: stack.region_resources(state, r) for r in regions}
         result.figures["stack_start_s"] = round(time.monotonic() - t0, 1)
 
@@ -165,6 +175,10 @@ def run_demo(
         _verify_staging(result, {r: (clients[r]["s3"], resources[r]) for r in regions}, sent_to)
         say("waiting for the warehouse loader ...")
         _verify_warehouse(result, state, state_dir, docs, timeout_s)
+        say("running the branch reports and reading them back through each region's API ...")
+        checks, figures = verify_reports(state, state_dir, docs, registry)
+        result.checks += [Check(*check) for check in checks]
+        result.figures.update(figures)
         for consumer in ("CacheUpdaterEventSourceMapping", "StagerEventSourceMapping"):
             result.figures[consumer] = _mapping_figures(stats, consumer)
         say("reading it back through each region's API ...")

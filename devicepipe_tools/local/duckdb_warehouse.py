@@ -10,10 +10,15 @@ Adaptations (everything else is sqlglot's Redshift -> DuckDB translation of the 
   the FROM key prefix is loaded, as Redshift does;
 - ``SUPER`` columns become ``JSON``; ``LOCK <table>`` becomes an exclusive file lock held until the
   transaction ends, serialising loaders across threads and processes as Redshift's table lock does (DuckDB's
-  optimistic transactions would otherwise fail one of two concurrent loads on a key conflict).
+  optimistic transactions would otherwise fail one of two concurrent loads on a key conflict);
+- PartiQL navigation of a SUPER object, ``alias.column.attr[.attr...]`` (three parts or more: the warehouse SQL
+  never qualifies a column by schema), becomes ``json_extract(alias.column, '$."attr"...')``: a missing
+  attribute is NULL, as in Redshift's default lax mode;
+- ``JSON_TYPEOF`` is a macro over DuckDB's ``json_type`` giving Redshift's names (number, string, boolean,
+  object, array, null).
 
-Not reproduced: Redshift's distribution and sort keys (ignored), SUPER's PartiQL navigation, COPY's
-``TIMEFORMAT``/``ACCEPTINVCHARS`` corner cases, the Data API's asynchronous statements, IAM roles.
+Not reproduced: Redshift's distribution and sort keys (ignored), array subscripts and unnesting of SUPER,
+COPY's ``TIMEFORMAT``/``ACCEPTINVCHARS`` corner cases, the Data API's asynchronous statements, IAM roles.
 """
 
 from __future__ import annotations
@@ -46,16 +51,35 @@ _STAGE_KEY = ("device_id", "ts", "seq")
 _RETRYABLE = (duckdb.TransactionException, duckdb.IOException)
 
 
+#: Redshift's JSON_TYPEOF names for DuckDB's json_type
+#: (https://docs.aws.amazon.com/redshift/latest/dg/r_json_typeof.html, https://duckdb.org/docs/stable/data/json/json_functions).
+_JSON_TYPEOF = """CREATE OR REPLACE TEMP MACRO json_typeof(v) AS CASE json_type(v)
+    WHEN 'BIGINT' THEN 'number' WHEN 'UBIGINT' THEN 'number' WHEN 'HUGEINT' THEN 'number' WHEN 'DOUBLE' THEN 'number'
+    WHEN 'VARCHAR' THEN 'string' WHEN 'BOOLEAN' THEN 'boolean' WHEN 'OBJECT' THEN 'object' WHEN 'ARRAY' THEN 'array'
+    WHEN 'NULL' THEN 'null' END"""
+
+
 def to_duckdb(sql: str) -> str:
     """One Redshift statement in DuckDB's dialect."""
 
     def adapt(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.SUPER:
             return exp.DataType.build("JSON")
+        if isinstance(node, exp.Dot | exp.Column) and len(node.parts) >= 3:
+            return _navigation(node)
         return node
 
     tree = sqlglot.parse_one(sql, read="redshift")
     return tree.transform(adapt).sql(dialect="duckdb")
+
+
+def _navigation(node: exp.Dot | exp.Column) -> exp.Expression:
+    """``alias.column.attr[.attr...]`` (sqlglot reads three parts as db.table.column, more as a Dot) as
+    ``json_extract``; attributes are quoted in the path, so any name navigates as it does in Redshift
+    (https://docs.aws.amazon.com/redshift/latest/dg/query-super.html)."""
+    alias, super_column, *path = [part.name for part in node.parts]
+    json_path = "$" + "".join(f'."{name}"' for name in path)
+    return exp.JSONExtract(this=exp.column(super_column, table=alias), expression=exp.Literal.string(json_path))
 
 
 class DuckDBWarehouse:
@@ -72,7 +96,9 @@ class DuckDBWarehouse:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return duckdb.connect(self.path)
+                con = duckdb.connect(self.path)
+                con.execute(_JSON_TYPEOF)  # per connection, as the translated SQL may call it
+                return con
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise

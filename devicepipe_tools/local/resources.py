@@ -127,10 +127,10 @@ def physical_name(logical_id: str, region: str) -> str:
 
 
 def create_region(template: dict[str, Any], region: str, endpoint: str) -> RegionResources:
-    """Create one region's Kinesis streams, DynamoDB tables, S3 buckets and SQS queues on moto."""
+    """Create one region's Kinesis streams, DynamoDB tables, S3 buckets, SQS queues and SNS topics on moto."""
     res = RegionResources(region)
     resolver = Resolver(template, res)
-    client = clients(endpoint, region, "kinesis", "dynamodb", "s3", "sqs")
+    client = clients(endpoint, region, "kinesis", "dynamodb", "s3", "sqs", "sns")
     for logical_id, spec in template["Resources"].items():
         kind, props = spec["Type"], spec.get("Properties", {})
         if kind == "AWS::Kinesis::Stream":
@@ -166,6 +166,10 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
             url = client["sqs"].create_queue(QueueName=name)["QueueUrl"]
             res.names[logical_id] = url
             res.arns[logical_id] = f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
+        elif kind == "AWS::SNS::Topic":
+            arn = client["sns"].create_topic(Name=physical_name(logical_id, region))["TopicArn"]
+            res.names[logical_id] = arn  # !Ref of a topic is its ARN
+            res.arns[logical_id] = arn
         elif kind == "AWS::Serverless::Function":
             name = f"{STACK}-{logical_id}"
             res.names[logical_id] = name
@@ -178,6 +182,11 @@ def create_region(template: dict[str, Any], region: str, endpoint: str) -> Regio
             if kind == "AWS::ElastiCache::ReplicationGroup":
                 res.attributes[f"{logical_id}.PrimaryEndPoint.Address"] = "127.0.0.1"
                 res.attributes[f"{logical_id}.PrimaryEndPoint.Port"] = "6379"
+            elif kind == "AWS::RDS::DBCluster":  # the local PostgreSQL is given to the functions as REGISTRY_URL
+                for endpoint_attr in ("Endpoint", "ReadEndpoint"):
+                    res.attributes[f"{logical_id}.{endpoint_attr}.Address"] = "127.0.0.1"
+                res.attributes[f"{logical_id}.Endpoint.Port"] = "5432"
+                res.attributes[f"{logical_id}.DBClusterResourceId"] = f"cluster-{logical_id.lower()}"
     return res
 
 

@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from devicepipe.config import READER_LOGIN
+from devicepipe.database import PgDatabase
+from devicepipe.registry import migrate
 from devicepipe_tools.local.api_server import routes
 from devicepipe_tools.local.net import accepting, free_port
 from devicepipe_tools.local.outage import OutageMiddleware, down_regions, set_down
+from devicepipe_tools.local.postgres import LocalPostgres, start_postgres
 from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
 from devicepipe_tools.template import ROOT, load_template
@@ -63,11 +70,13 @@ def read_state(state_dir: Path = STATE_DIR) -> dict[str, Any]:
     return state
 
 
-def base_env(endpoint: str, region: str, redis_url: str) -> dict[str, str]:
-    """What every local process needs: fake credentials, the region, every client pointed at moto, and the
-    local Redis (``REDIS_URL`` takes precedence over the template's host, TLS and AUTH settings)."""
+def base_env(endpoint: str, region: str, redis_url: str, registry_url: str = "") -> dict[str, str]:
+    """What every local process needs: fake credentials, the region, every client pointed at moto, the local
+    Redis (``REDIS_URL`` takes precedence over the template's host, TLS and AUTH settings) and the local
+    registry as its read-only login (``REGISTRY_URL`` over the Aurora endpoint and IAM authentication)."""
     return {
         "REDIS_URL": redis_url,
+        "REGISTRY_URL": registry_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
@@ -227,6 +236,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     moto_fixes.apply()
     redis = start_redis()
+    registry = start_registry()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -261,6 +271,11 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
         "redis_url": redis_urls[regions[0]],
         "redis_urls": redis_urls,
         "redis_kind": redis.kind,
+        # The registry's owner login (the CLI's `registry --local` writes with it); functions read with the
+        # read-only login, as they connect to Aurora as devicepipe_reader.
+        "registry_url": registry.url,
+        "registry_reader_url": reader_url(registry.url),
+        "registry_kind": registry.kind,
         "warehouse": str(state_dir / "warehouse.duckdb"),
         "regions": {r: asdict(res) for r, res in resources.items()},
         "started_at": time.time(),
@@ -274,7 +289,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
         _spawn(
             "devicepipe_tools.local.worker",
             ["--state-dir", str(state_dir), "--region", region, "--function", function],
-            lambda_env(template, function, endpoint, redis_urls[region], res),
+            lambda_env(template, function, endpoint, redis_urls[region], res, reader_url(registry.url)),
         )
         for region, res in resources.items()
         for function in _functions_with_mappings(template)
@@ -284,7 +299,7 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
     loader = _spawn(
         "devicepipe_tools.local.loader_worker",
         ["--state-dir", str(state_dir)],
-        base_env(endpoint, primary, redis_urls[primary]),
+        base_env(endpoint, primary, redis_urls[primary], reader_url(registry.url)),
     )
     # Each region's HTTP API (what `sam local start-api` serves), on its own port.
     api_ports = {region: free_port() for region in regions} if api_function else {}
@@ -292,7 +307,9 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
         _spawn(
             "devicepipe_tools.local.api_server",
             ["--region", region, "--function", api_function, "--port", str(port)],
-            lambda_env(template, api_function, endpoint, redis_urls[region], resources[region]),
+            lambda_env(
+                template, api_function, endpoint, redis_urls[region], resources[region], reader_url(registry.url)
+            ),
         )
         for region, port in api_ports.items()
         if api_function
@@ -343,15 +360,57 @@ def serve(regions: list[str], state_dir: Path, replication_delay_s: float = DEFA
             p.kill()
     server.stop()
     redis.stop()
+    registry.stop()
     state_path(state_dir).unlink(missing_ok=True)
 
 
 def lambda_env(
-    template: dict[str, Any], function: str, endpoint: str, redis_url: str, res: RegionResources
+    template: dict[str, Any],
+    function: str,
+    endpoint: str,
+    redis_url: str,
+    res: RegionResources,
+    registry_url: str = "",
 ) -> dict[str, str]:
     """A function's environment in one region of the local stack, as Lambda would set it: the local stack's
     (``base_env``) and the function's variables resolved against the region's resources."""
-    return {**base_env(endpoint, res.region, redis_url), **function_env(template, function, res)}
+    return {**base_env(endpoint, res.region, redis_url, registry_url), **function_env(template, function, res)}
+
+
+def start_registry() -> LocalPostgres:
+    """The registry's PostgreSQL, empty and migrated: a fresh one per stack, as moto's state is, in a directory
+    of its own under the system's temporary directory (as root, PostgreSQL runs as another user, which must be
+    able to reach it; the state directory may be private)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="devicepipe-registry-"))
+    try:
+        server = start_postgres(data_dir)
+    except BaseException:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    stop = server.stop
+
+    def stop_and_remove() -> None:
+        stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    server.stop = stop_and_remove
+    try:
+        db = PgDatabase.from_url(server.url)
+        try:
+            migrate(db)
+        finally:
+            db.close()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def reader_url(url: str) -> str:
+    """The same database as the read-only login the migrations create (trust authentication locally)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{READER_LOGIN}@{host}"))
 
 
 def _spawn(module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

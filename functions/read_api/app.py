@@ -23,6 +23,8 @@ from devicepipe.reads import Reads
 _PAGE = Path(__file__).with_name("dashboard.html")
 #: Lookups that count towards the hit ratio (a branch page's readings follow its branch view's lookup).
 _RATIO_KINDS = frozenset({"latest", "branch", "branches"})
+#: Counted per route only: a report's few daily reads would pull the readings' hit ratio (and its alarm) down.
+_ROUTE_ONLY_KINDS = frozenset({"report"})
 
 
 @cache
@@ -41,7 +43,14 @@ def _reads() -> Reads:
         settings.cache.key_prefix,
         settings.cache.retention_days * 86_400,
     )
-    return Reads(writer, boto3.client("dynamodb", config=config), settings.cache.table_name, on_lookup=_count)
+    return Reads(
+        writer,
+        boto3.client("dynamodb", config=config),
+        settings.cache.table_name,
+        on_lookup=_count,
+        s3=boto3.client("s3", config=config) if settings.reports_bucket else None,
+        reports_bucket=settings.reports_bucket,
+    )
 
 
 def _count(kind: str, outcome: str) -> None:
@@ -49,10 +58,11 @@ def _count(kind: str, outcome: str) -> None:
     if outcome == "error":
         metrics.add_metric("CacheFillErrors" if kind == "fill" else "CacheErrors", MetricUnit.Count, 1)
         return
-    if kind not in _RATIO_KINDS:
+    if kind not in _RATIO_KINDS | _ROUTE_ONLY_KINDS:
         return
     name = "CacheHits" if outcome == "hit" else "CacheMisses"
-    metrics.add_metric(name, MetricUnit.Count, 1)
+    if kind in _RATIO_KINDS:
+        metrics.add_metric(name, MetricUnit.Count, 1)
     with single_metric(name, MetricUnit.Count, 1, namespace=metrics.namespace) as one:
         one.add_dimension("service", metrics.service or "read-api")
         one.add_dimension("route", kind)

@@ -159,7 +159,8 @@ def function_of(event_path: str) -> str:
     sorted(
         p.relative_to(ROOT / "events").as_posix()
         for p in (ROOT / "events").rglob("*.json")
-        if not p.relative_to(ROOT / "events").as_posix().startswith(("loader/", "read_api/"))
+        # the loader's and the report function's need the Redshift Data API (the stack runs their logic on DuckDB)
+        if not p.relative_to(ROOT / "events").as_posix().startswith(("loader/", "read_api/", "reports/"))
     ),
 )
 def test_every_sample_event_runs_through_its_function(local: dict[str, Any], event: str, capfd: Any) -> None:

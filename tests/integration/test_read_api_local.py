@@ -19,6 +19,7 @@ import pytest
 from devicepipe_tools import cli
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.api_server import ApiServer, Route, respond
+from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
 from devicepipe_tools.local.net import free_port
 from tests.integration.stack_helpers import wait_for
 
@@ -221,3 +222,39 @@ def test_reading_a_stopped_api_is_one_line(tmp_path: Path, capsys: pytest.Captur
     url = f"http://127.0.0.1:{free_port()}"
     assert cli.main(["read", "branches", "--api-url", url]) == cli.EXIT_FAILED
     assert capsys.readouterr().err == f"devicepipe: cannot reach {url}: Connection refused\n"
+
+
+def test_a_branch_report_from_a_csv_registry_through_the_cli(
+    local: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`registry import` (CSV) -> readings loaded -> `local report` -> `read report`: one device registered, one
+    not, the day's figures as the readings say."""
+    state_dir, folder = str(local["state_dir"]), local["state_dir"]
+    (folder / "branches.csv").write_text(
+        f"branch_id,name,home_region,time_zone\n{BRANCH},Read API branch,{REGION},UTC\n"
+    )
+    (folder / "devices.csv").write_text(f"device_id,branch_id,kind\n{DEVICES[0]},{BRANCH},climate\n")
+    (folder / "metrics.csv").write_text("kind,metric,unit,low,high\nclimate,temp_c,C,18,22\n")
+    files = [f"--{t}={folder / f'{t}.csv'}" for t in ("branches", "devices", "metrics")]
+    assert cli.main(["registry", "import", *files, "--local", "--state-dir", state_dir]) == cli.EXIT_OK
+
+    day = local["newest"].date()
+    on_day = [i for i in range(PER_DEVICE) if (local["newest"] - timedelta(minutes=i)).date() == day]
+    rows = DuckDBWarehouse(folder / "warehouse.duckdb", None)
+    wait_for(lambda: len(rows.query(f"SELECT 1 FROM readings WHERE branch_id = '{BRANCH}'")) == 2 * PER_DEVICE)
+
+    assert cli.main(["local", "report", "--period", day.isoformat(), "--state-dir", state_dir]) == cli.EXIT_OK
+    assert "1 reports due: 1 written" in capsys.readouterr().out
+    report = read(local, capsys, "report", BRANCH, "--period", day.isoformat())["report"]
+    summary = report["summary"]
+    assert (summary["readings"], summary["devices_expected"], summary["unregistered_devices"]) == (
+        2 * len(on_day),
+        1,
+        [DEVICES[1]],
+    )
+    temp = next(d for d in report["devices"] if d["device_id"] == DEVICES[0])["metrics"]["temp_c"]
+    assert (temp["count"], temp["min"], temp["max"]) == (len(on_day), 20 + min(on_day), 20 + max(on_day))
+    assert temp["out_of_range"] == sum(1 for i in on_day if not 18 <= 20 + i <= 22)
+    # A second run finds nothing new: nothing written, nothing sent.
+    assert cli.main(["local", "report", "--period", day.isoformat(), "--state-dir", state_dir]) == cli.EXIT_OK
+    assert "1 reports due: 0 written, 1 unchanged" in capsys.readouterr().out

@@ -341,3 +341,100 @@ def test_every_answer_says_not_to_sniff_or_store_it(api: Api) -> None:
     for route, params in ((LATEST, {"device_id": "dev-1"}), (LATEST, {"device_id": "nobody"}), ("/branches", {})):
         headers = api.get(route, **params)[2]
         assert headers["X-Content-Type-Options"] == "nosniff" and headers["Cache-Control"] == "no-store", route
+
+
+# ------------------------------------------------------------------------------------ branch reports
+
+REPORT = "/branches/{branch_id}/report"
+REPORTS_BUCKET = "reports"
+
+
+def with_reports(api: Api, s3: Any) -> Api:
+    """The same API, its reads given the reports bucket."""
+    api.reads = Reads(
+        api.writer,
+        api.ddb,
+        TABLE,
+        on_lookup=lambda k, o: api.lookups.append((k, o)),
+        s3=s3,
+        reports_bucket=REPORTS_BUCKET,
+    )
+    return api
+
+
+def store_report(s3: Any, branch: str, period: str, readings: int = 10) -> dict[str, Any]:
+    from devicepipe.delivery import report_key
+
+    doc = {"schema": 1, "branch_id": branch, "period": period, "summary": {"readings": readings}}
+    s3.put_object(Bucket=REPORTS_BUCKET, Key=report_key(branch, period, "json"), Body=json.dumps(doc).encode())
+    return doc
+
+
+@pytest.fixture
+def report_api(api: Api) -> Iterator[tuple[Api, Any]]:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=REPORTS_BUCKET)
+    yield with_reports(api, s3), s3
+
+
+def test_a_report_is_served_from_the_bucket_then_from_redis_for_a_while(report_api: tuple[Api, Any]) -> None:
+    api, s3 = report_api
+    doc = store_report(s3, "br-1", "2026-11-01")
+    status, first, _ = api.get(REPORT, "period=2026-11-01", branch_id="br-1")
+    assert status == 200 and (first["source"], first["report"]) == ("store", doc)
+    assert (first["branch_id"], first["period"], first["region"]) == ("br-1", "2026-11-01", "us-east-1")
+    s3.delete_object(Bucket=REPORTS_BUCKET, Key="reports/branch=br-1/period=2026-11-01/report.json")
+    status, second, _ = api.get(REPORT, "period=2026-11-01", branch_id="br-1")
+    assert (status, second["source"], second["report"]) == (200, "cache", doc)  # one Redis GET, no S3
+    assert 0 < api.writer.redis.ttl("t:report:br-1:2026-11-01") <= 300
+    assert api.lookups == [("report", "miss"), ("report", "hit")]
+
+
+def test_the_period_defaults_to_yesterday_utc(report_api: tuple[Api, Any]) -> None:
+    api, s3 = report_api
+    store_report(s3, "br-1", "2026-11-01")  # NOW_S is 2026-11-02T10:00:00Z
+    status, body, _ = api.get(REPORT, branch_id="br-1")
+    assert (status, body["period"]) == (200, "2026-11-01")
+
+
+def test_a_report_not_stored_yet_is_404_with_a_hint(report_api: tuple[Api, Any]) -> None:
+    api, _ = report_api
+    status, body, headers = api.get(REPORT, "period=2026-11-01", branch_id="br-9")
+    assert status == 404 and error(body)["code"] == "report_not_found"
+    assert "written after the day ends" in error(body)["message"] and headers["Content-Type"] == "application/json"
+    assert api.writer.redis.get("t:report:br-9:2026-11-01") is None  # an absence is not cached
+
+
+@pytest.mark.parametrize("period", ["2026-02-30", "20261101", "2026-W44-7", "yesterday", "2026-11-1", ""])
+def test_a_bad_period_is_400_naming_the_field(report_api: tuple[Api, Any], period: str) -> None:
+    api, _ = report_api
+    status, body, _ = api.get(REPORT, f"period={period}", branch_id="br-1")
+    assert status == 400 and error(body)["field"] == "period" and error(body)["rule"] == "a date YYYY-MM-DD"
+    status, body, _ = api.get(REPORT, "period=2026-11-01", branch_id="br%201")
+    assert status == 400 and error(body)["field"] == "branch_id"
+
+
+def test_reports_are_read_from_the_bucket_while_redis_is_down(template: dict[str, Any]) -> None:
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=REPORTS_BUCKET)
+        api = with_reports(Api(boto3.client("dynamodb"), down_redis()), s3)
+        doc = store_report(s3, "br-1", "2026-11-01")
+        status, body, _ = api.get(REPORT, "period=2026-11-01", branch_id="br-1")
+        assert (status, body["source"], body["report"]) == (200, "store", doc)
+        assert api.lookups == [("report", "error")]
+
+
+def test_reports_bucket_down_is_503_with_retry_after() -> None:
+    from botocore.config import Config
+
+    dead = Config(retries={"max_attempts": 1}, connect_timeout=0.2, read_timeout=0.2)
+    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:1", config=dead)
+    api = with_reports(Api(boto3.client("dynamodb", endpoint_url="http://127.0.0.1:1"), fakeredis.FakeRedis()), s3)
+    status, body, headers = api.get(REPORT, "period=2026-11-01", branch_id="br-1")
+    assert status == 503 and error(body)["code"] == "unavailable" and headers["Retry-After"] == "5"
+
+
+def test_a_read_api_without_a_reports_bucket_answers_500_and_logs_it(api: Api) -> None:
+    status, body, _ = api.get(REPORT, "period=2026-11-01", branch_id="br-1")
+    assert status == 500 and error(body)["code"] == "internal"

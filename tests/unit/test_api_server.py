@@ -27,6 +27,7 @@ READ_ROUTES = [
     "GET /devices/{device_id}/readings",
     "GET /branches",
     "GET /branches/{branch_id}/devices",
+    "GET /branches/{branch_id}/report",
 ]
 
 

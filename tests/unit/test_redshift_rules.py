@@ -137,6 +137,10 @@ REFUSED: dict[str, list[str]] = {
     "super_not_a_key": ["CREATE TABLE t (device_id VARCHAR(128), metrics SUPER) DISTKEY (metrics)"],
     "reserved_words": ["SELECT device_id, ts AS timestamp FROM readings"],
     "denied_functions": ["SELECT branch_id, STRING_AGG(device_id, ',') FROM readings GROUP BY branch_id"],
+    "sort_aggregates_share_order": [  # the example the PERCENTILE_CONT page shows failing
+        "SELECT salesid, SUM(pricepaid), PERCENTILE_CONT(0.6) WITHIN GROUP (ORDER BY salesid), MEDIAN(pricepaid) "
+        "FROM sales GROUP BY salesid, pricepaid"
+    ],
     "batch_size": ["SELECT 1"] * (rules.MAX_BATCH_STATEMENTS + 1),
     "one_transaction": ["LOCK load_ledger", "TRUNCATE loaded_objects"],
     "merge_source_unique": [

@@ -507,3 +507,22 @@ def test_operator_policies_are_scoped_producers_to_the_stream_probe_to_its_marke
     (probe,) = resource(template, "ReplicationProbePolicy")["Properties"]["PolicyDocument"]["Statement"]
     assert probe["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{PROBE_PK_PREFIX}*"]}}
     assert set(_actions(probe)) == {"dynamodb:PutItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"}
+
+
+def on(target: object, *actions: str) -> set[tuple[str, str]]:
+    """``(action, resource)`` pairs as the role tests compare grants."""
+    return {(a, json.dumps(target, sort_keys=True)) for a in actions}
+
+
+#: What Lambda needs to run in a VPC and to trace: actions without resource-level permissions
+#: (https://docs.aws.amazon.com/lambda/latest/dg/configuration-vpc.html).
+IN_VPC_AND_TRACED = on(
+    "*",
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+)

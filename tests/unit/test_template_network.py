@@ -29,9 +29,13 @@ NEEDS: dict[str, tuple[str, set[Rule]]] = {
     "IngestFunction": ("IngestSecurityGroup", {DYNAMODB, S3, HTTPS_ENDPOINTS}),
     "CacheUpdaterFunction": ("CacheUpdaterSecurityGroup", {REDIS, DYNAMODB, HTTPS_ENDPOINTS}),  # DynamoDB: repair
     "StagerFunction": ("StagerSecurityGroup", {S3, HTTPS_ENDPOINTS}),
-    "ReadApiFunction": ("ReadApiSecurityGroup", {REDIS, DYNAMODB, HTTPS_ENDPOINTS}),
+    "ReadApiFunction": ("ReadApiSecurityGroup", {REDIS, DYNAMODB, S3, HTTPS_ENDPOINTS}),  # S3: branch reports
     "LoaderFunction": ("LoaderSecurityGroup", {S3, HTTPS_ENDPOINTS}),
     "AuroraMasterSecretRotation": ("AuroraRotationSecurityGroup", {HTTPS_ENDPOINTS, AURORA}),
+    # issue 14 (tests/unit/test_template_reports.py): Redshift Data, SNS, X-Ray; reports and extracts; the registry
+    "ReportFunction": ("ReportSecurityGroup", {HTTPS_ENDPOINTS, S3, AURORA}),
+    # Secrets Manager, X-Ray; S3 for the custom resource's presigned response URL; the registry's writer
+    "MigrationFunction": ("MigrationSecurityGroup", {HTTPS_ENDPOINTS, S3, AURORA}),
 }
 
 

@@ -17,7 +17,7 @@ from samtranslator.public.exceptions import InvalidDocumentException  # type: ig
 from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
 
 from devicepipe_tools.template import ROOT, function_environment, resource
-from tests.unit.test_template import alarms_on, resources_of, statements
+from tests.unit.test_template import IN_VPC_AND_TRACED, alarms_on, on, resources_of, statements
 
 CONTRACT = (ROOT / "docs" / "read-api.md").read_text()
 
@@ -29,6 +29,7 @@ ROUTES = {
     "/devices/{device_id}/readings",
     "/branches",
     "/branches/{branch_id}/devices",
+    "/branches/{branch_id}/report",  # issue 14: the stored branch report (tests/unit/test_template_reports.py)
 }
 OPEN_ROUTES = {"/"}  # the static page: no data, so no auth; its data calls are authorised
 
@@ -280,9 +281,6 @@ def test_read_role_grants_exactly_the_reads_it_needs(template: dict[str, Any]) -
     }
     assert all(stmt["Effect"] == "Allow" for name, stmt in statements(template) if name == "ReadApiRole")
 
-    def on(resource_value: object, *actions: str) -> set[tuple[str, str]]:
-        return {(a, json.dumps(resource_value, sort_keys=True)) for a in actions}
-
     # Then it reads this region's replica (an index is its own resource, table/<name>/index/<index>:
     # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/iam-policy-specific-table-indexes.html),
     # the Redis token, decrypts with the stack key, logs to its own group, and has what Lambda needs to run in
@@ -292,17 +290,11 @@ def test_read_role_grants_exactly_the_reads_it_needs(template: dict[str, Any]) -
         | on({"Fn::Sub": TABLE + "/index/ByBranchLatest"}, "dynamodb:Query", "dynamodb:Scan")
         | on({"Ref": "RedisAuthSecret"}, "secretsmanager:GetSecretValue")
         | on({"Fn::GetAtt": ["DataKey", "Arn"]}, "kms:Decrypt")
+        # issue 14: stored branch reports, and the listing that makes a missing one a 404 (test_template_reports.py)
+        | on({"Fn::Sub": "${ReportsBucket.Arn}/reports/*"}, "s3:GetObject")
+        | on({"Fn::GetAtt": ["ReportsBucket", "Arn"]}, "s3:ListBucket")
         | on({"Fn::GetAtt": ["ReadApiLogGroup", "Arn"]}, "logs:CreateLogStream", "logs:PutLogEvents")
-        | on(
-            "*",
-            "ec2:CreateNetworkInterface",
-            "ec2:DescribeNetworkInterfaces",
-            "ec2:DeleteNetworkInterface",
-            "ec2:AssignPrivateIpAddresses",
-            "ec2:UnassignPrivateIpAddresses",
-            "xray:PutTraceSegments",
-            "xray:PutTelemetryRecords",
-        )
+        | IN_VPC_AND_TRACED
     )
 
 

@@ -189,7 +189,10 @@ def test_copy_lists_and_gets_only_the_warehouse_regions_bucket(template: dict[st
     decrypt = stmts["DecryptStagedObjects"]  # replicas are encrypted with this stack's key too
     assert decrypt["Resource"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
     assert decrypt["Condition"]["StringEquals"] == {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}
-    assert set(stmts) == {"ListStagingBucket", "ReadStagedReadingsAndManifests", "DecryptStagedObjects"}
+    # issue 14: the registry extract each report run COPYs, under the reports bucket's extracts/ (same key, same
+    # region; tests/unit/test_template_reports.py)
+    extracts = {"ListRegistryExtracts", "ReadRegistryExtracts"}
+    assert set(stmts) == {"ListStagingBucket", "ReadStagedReadingsAndManifests", "DecryptStagedObjects"} | extracts
     text = json.dumps(resource(template, "RedshiftCopyRole"))
     assert "SecondaryStagingBucket" not in text and "SecondaryRegion" not in text
 
@@ -230,6 +233,7 @@ def test_replication_failures_and_latency_are_alarmed_where_s3_publishes_them(te
         a["Properties"]["MetricName"]: a
         for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
         if a["Properties"].get("Namespace") == "AWS/S3"
+        and {"Name": "RuleId", "Value": RULE_ID} in a["Properties"]["Dimensions"]  # not the reports' (issue 14)
     }
     assert set(alarms) >= {"OperationsFailedReplication", "ReplicationLatency"}
     for name in ("OperationsFailedReplication", "ReplicationLatency"):

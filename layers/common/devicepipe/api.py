@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -33,6 +34,7 @@ _SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-s
 _ID_RULE = "1-128 characters of [A-Za-z0-9._:-]"
 _NONE = "'none'"
 _TIME_RULE = "RFC 3339 with a zone (2026-11-02T09:00:00Z) or epoch milliseconds"
+_PERIOD_RULE = "a date YYYY-MM-DD"
 
 
 class ApiError(Exception):
@@ -94,6 +96,20 @@ def checked_time(params: Mapping[str, str], field: str) -> str | None:
         return canonical_time(raw)
     except InvalidReading:
         raise invalid(field, _TIME_RULE, raw) from None
+
+
+def checked_period(params: Mapping[str, str], now_s: float) -> str:
+    """A report period (a day, ``YYYY-MM-DD``); absent, yesterday's UTC date: the newest day that has ended
+    in UTC (a branch further west may not have its report for it yet)."""
+    raw = params.get("period")
+    if raw is None:
+        return (datetime.fromtimestamp(now_s, UTC).date() - timedelta(days=1)).isoformat()
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", raw):  # fromisoformat also takes 20261102, 2026-W44-7
+        raise invalid("period", _PERIOD_RULE, raw)
+    try:
+        return date.fromisoformat(raw).isoformat()
+    except ValueError:  # 2026-02-30
+        raise invalid("period", _PERIOD_RULE, raw) from None
 
 
 @dataclass(frozen=True)
@@ -226,6 +242,12 @@ def build_app(
             "next_cursor": Cursor(scope, list(page.after)).encode() if page.after else None,
         }
 
+    @app.get("/branches/<branch_id>/report")
+    def report(branch_id: str) -> dict[str, Any]:
+        branch, period = checked_id(branch_id, "branch_id"), checked_period(params(), now_s())
+        document, source = _answer(lambda: reads().report(branch, period))
+        return {"branch_id": branch, "period": period, "region": region, "source": source, "report": document}
+
     @app.get("/health")
     def health() -> Response[str]:
         def table() -> None:
@@ -269,7 +291,7 @@ def _answer(call: Callable[[], Any]) -> Any:
     try:
         return call()
     except NotFound as exc:
-        raise ApiError(404, "not_found", str(exc)) from None
+        raise ApiError(404, exc.code, str(exc)) from None
     except Unavailable as exc:
         raise ApiError(503, "unavailable", f"{exc}; retry later", retry_after_s=RETRY_AFTER_S) from exc
 

@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+#: The registry's read-only login (created by the first migration; functions connect as it).
+READER_LOGIN = "devicepipe_reader"
+
 
 class ConfigError(RuntimeError):
     """A required setting is missing or malformed."""
@@ -122,6 +125,7 @@ class ReadApiSettings:
     cache: CacheSettings
     stale_after_s: int = 900
     version: str = ""
+    reports_bucket: str = ""  # optional: without it GET /branches/{id}/report answers 500 (logged)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ReadApiSettings:
@@ -133,7 +137,9 @@ class ReadApiSettings:
             e.problems.insert(0, str(exc).partition(": ")[2])
             cache = CacheSettings(region="", table_name="")
         e.check("ReadApiFunction settings")
-        return cls(cache, stale_after_s, e.env.get("SERVICE_VERSION", "").strip())
+        return cls(
+            cache, stale_after_s, e.env.get("SERVICE_VERSION", "").strip(), e.env.get("REPORTS_BUCKET", "").strip()
+        )
 
 
 @dataclass(frozen=True)
@@ -203,4 +209,86 @@ class LoaderSettings:
             max_bytes=e.integer("MANIFEST_MAX_BYTES", 512 * 1024 * 1024, 1024, 64 * 1024**3),
         )
         e.check("LoaderFunction settings")
+        return settings
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Settings of ReportFunction (the registry's connection: ``RegistrySettings``).
+
+    ``REPORT_LINK_TTL_SECONDS`` stops at SigV4's 7 days; S3 ends a link sooner when the role session that signed
+    it ends (``devicepipe.delivery.deliver``).
+    """
+
+    workgroup: str
+    database: str
+    copy_role_arn: str
+    reports_bucket: str
+    topic_arn: str
+    region: str
+    gap_threshold_s: int = 900
+    final_after_s: int = 86_400
+    link_ttl_s: int = 3_600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReportSettings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(
+            workgroup=e.text("WORKGROUP_NAME"),
+            database=e.text("DATABASE_NAME"),
+            copy_role_arn=e.text("COPY_ROLE_ARN"),
+            reports_bucket=e.text("REPORTS_BUCKET"),
+            topic_arn=e.text("REPORTS_TOPIC_ARN"),
+            region=e.text("AWS_REGION"),
+            gap_threshold_s=e.integer("REPORT_GAP_MINUTES", 15, 1, 1440) * 60,
+            final_after_s=e.integer("REPORT_FINAL_AFTER_HOURS", 24, 0, 24 * 30) * 3600,
+            link_ttl_s=e.integer("REPORT_LINK_TTL_SECONDS", 3_600, 60, 604_800),
+        )
+        e.check("ReportFunction settings")
+        return settings
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """How a function reaches the registry (``registry.connect``).
+
+    ``REGISTRY_URL`` (``postgresql://user[:password]@host:port/database``, the local stack and tests) overrides the
+    rest. Otherwise this region's Aurora endpoint, ``REGISTRY_HOST`` (the reader endpoint: reads stay in the region,
+    and the Data API cannot read a global database's secondary), as ``REGISTRY_USER`` with an IAM token over
+    verified TLS. ``REGISTRY_CA_BUNDLE`` names the CA bundle to verify the server with (default: the RDS bundle the
+    layer ships). ``password`` is never read from the environment: a caller that holds a secret (the migration
+    function, with the master secret) sets it with ``dataclasses.replace`` and no token is made.
+    """
+
+    region: str = ""
+    url: str = ""
+    host: str = ""
+    port: int = 5432
+    database: str = "devicepipe"
+    user: str = READER_LOGIN
+    password: str = ""
+    ca_bundle: str = ""
+    timeout_s: int = 10
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RegistrySettings:
+        e = _Env(os.environ if env is None else env)
+        url = e.env.get("REGISTRY_URL", "").strip()
+        settings = cls(
+            region=e.env.get("AWS_REGION", "").strip(),
+            url=url,
+            host=e.env.get("REGISTRY_HOST", "").strip(),
+            port=e.integer("REGISTRY_PORT", 5432, 1, 65_535),
+            database=e.env.get("REGISTRY_DATABASE", "").strip() or "devicepipe",
+            user=e.env.get("REGISTRY_USER", "").strip() or READER_LOGIN,
+            ca_bundle=e.env.get("REGISTRY_CA_BUNDLE", "").strip(),
+            timeout_s=e.integer("REGISTRY_TIMEOUT_SECONDS", 10, 1, 300),
+        )
+        if url and not url.startswith(("postgresql://", "postgres://")):
+            e.problems.append(f"REGISTRY_URL must be a postgresql://user@host:port/database URL, got {url[:30]!r}")
+        if not url and not settings.host:
+            e.problems.append("REGISTRY_HOST (or REGISTRY_URL) is required")
+        if not url and not settings.region:
+            e.problems.append("AWS_REGION is required (it signs the IAM token)")
+        e.check("registry settings")
         return settings

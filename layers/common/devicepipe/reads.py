@@ -7,21 +7,27 @@ The rules (docs/read-api.md):
 - Redis failing degrades to table reads (counted through ``on_lookup``); the table failing raises
   ``Unavailable``;
 - branch views are trusted only while Redis holds them whole (``CacheReader.branch``); otherwise the branch is
-  read whole from the ``ByBranchLatest`` index and written back.
+  read whole from the ``ByBranchLatest`` index and written back;
+- a branch report is read from the reports bucket (``report.json``, which the report function writes last) and
+  kept in Redis for ``REPORT_CACHE_S`` as the stored text; S3 failing raises ``Unavailable``.
 
 Nothing here knows HTTP: ``devicepipe.api`` turns these answers into responses.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis as redis_lib
+
 from devicepipe.cache import CacheReader, CacheUnavailable, CacheWriter, epoch_ms, update_from_item
+from devicepipe.delivery import report_key
 from devicepipe.models import LATEST_SK, device_pk, unmarshal_item
-from devicepipe.retry import Backoff, Retrier, is_transient
+from devicepipe.retry import Backoff, Retrier, error_code, is_transient
 
 #: Item attributes that are storage details, not part of the reading a client sees.
 _INTERNAL = frozenset({"pk", "sk", "latest_branch", "latest_at", "expires_at", "version"})
@@ -33,16 +39,27 @@ _BATCH_GET_MAX = 100
 REDIS_BACKOFF_S = 5.0
 #: A reader waits for throttled keys a little, not the ingest's two seconds: the client can retry.
 _READ_RETRIES = Retrier(Backoff(base_s=0.02, cap_s=0.2, max_attempts=4))
+#: How long Redis keeps a report (``<prefix>:report:<branch>:<period>``): a rewritten report (late readings)
+#: shows within this time; repeated reads meanwhile cost one Redis GET.
+REPORT_CACHE_S = 300
 
 _Entry = TypeVar("_Entry", bound=tuple[Any, ...])
-#: ``on_lookup(kind, outcome)``: kind is ``latest``, ``branch``, ``branches`` or ``devices`` (a branch page's
-#: readings); outcome ``hit``, ``miss`` or ``error`` (Redis failed: answered from the table). Kind ``fill``
-#: with ``error``: writing a table answer back to Redis failed.
+#: ``on_lookup(kind, outcome)``: kind is ``latest``, ``branch``, ``branches``, ``devices`` (a branch page's
+#: readings) or ``report``; outcome ``hit``, ``miss`` or ``error`` (Redis failed: answered from the table or the
+#: reports bucket). Kind ``fill`` with ``error``: writing a table answer back to Redis failed.
 OnLookup = Callable[[str, str], None]
 
 
 class NotFound(LookupError):
     """The device or branch has no reading."""
+
+    code = "not_found"
+
+
+class ReportNotFound(NotFound):
+    """No report is stored for the branch and period (yet)."""
+
+    code = "report_not_found"
 
 
 class Unavailable(RuntimeError):
@@ -88,6 +105,8 @@ class Reads:
         The readings table (this region's replica).
     on_lookup
         Called for every cache lookup, e.g. to emit hit/miss metrics.
+    s3, reports_bucket
+        A boto3 S3 client and the bucket the report function writes (for ``report``).
     """
 
     def __init__(
@@ -97,8 +116,12 @@ class Reads:
         table_name: str,
         on_lookup: OnLookup | None = None,
         clock: Callable[[], float] = time.monotonic,
+        s3: Any = None,
+        reports_bucket: str = "",
     ):
         self.writer = writer
+        self.s3 = s3
+        self.reports_bucket = reports_bucket
         self.cache = CacheReader(writer)
         self.dynamodb = dynamodb
         self.table_name = table_name
@@ -196,6 +219,37 @@ class Reads:
             seen[branch] = (max(newest, ms), count + 1)
         return _newest_first([(b, ms, n) for b, (ms, n) in seen.items()]), "table"
 
+    # ------------------------------------------------------------------ reports
+    def report(self, branch_id: str, period: str) -> tuple[dict[str, Any], str]:
+        """The branch's stored report for a period (a ``YYYY-MM-DD`` date) and where it came from (``cache``
+        or ``store``); ``ReportNotFound`` when none is stored."""
+        key = f"{self.writer.prefix}:report:{branch_id}:{period}"
+        cached = self._cached("report", lambda: _redis(lambda: self.cache.redis.get(key)))
+        if cached is not None:
+            return json.loads(cached), "cache"
+        text = self._stored_report(branch_id, period)
+        self._write_back(lambda: _redis(lambda: self.cache.redis.set(key, text, ex=REPORT_CACHE_S)))
+        return json.loads(text), "store"
+
+    def _stored_report(self, branch_id: str, period: str) -> str:
+        if self.s3 is None or not self.reports_bucket:
+            raise RuntimeError("REPORTS_BUCKET is not set: this read API serves no reports")
+        try:
+            answer = self.s3.get_object(Bucket=self.reports_bucket, Key=report_key(branch_id, period, "json"))
+            text: str = answer["Body"].read().decode()
+            return text
+        except Exception as exc:
+            # A missing key is a 404 only with s3:ListBucket on the bucket (else 403, a bug here):
+            # https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html
+            if error_code(exc) in ("NoSuchKey", "404"):
+                raise ReportNotFound(
+                    f"no report for branch {branch_id} and period {period} yet: a day's report is written after "
+                    "the day ends in the branch's time zone; try an earlier period"
+                ) from None
+            if is_transient(exc):
+                raise Unavailable(f"S3 GetObject failed: {type(exc).__name__}: {exc}") from exc
+            raise
+
     # ------------------------------------------------------------------ helpers
     def _branch_members(self, branch_id: str) -> tuple[list[tuple[str, int]], str]:
         cached = self._cached("branch", lambda: self.cache.branch(branch_id))
@@ -275,6 +329,14 @@ class Reads:
             if "LastEvaluatedKey" not in page:
                 return pages
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _redis(call: Callable[[], Any]) -> Any:
+    """A plain Redis command; its failure becomes ``CacheUnavailable`` (skipped like any Redis failure)."""
+    try:
+        return call()
+    except redis_lib.exceptions.RedisError as exc:
+        raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _newest_first(entries: list[_Entry]) -> list[_Entry]:
