@@ -5,11 +5,18 @@
 - S3 PUTs per batch for StagerFunction (target 1), counted by an in-memory S3.
 - CPU per record of each handler against the decode floor: ``json.loads`` of the same records (what the
   Lambda runtime spends turning the event into objects before any handler runs).
+- Staged objects per hour and their median size at the design load (1,000 readings/s on 4 stream shards), before
+  and after issue 16, against Redshift's 1 MB lower bound for COPY files: the stager writes one object per
+  invocation, so Lambda's batching (``esm_batch``, with StagerEventSourceMapping's settings from template.yaml)
+  decides how many readings each holds, and the real Stager gzips realistic readings (``producer.simulate``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
@@ -22,12 +29,114 @@ from devicepipe.staging import Stager
 from devicepipe.streams import changes
 from devicepipe_tools.events import dynamodb_record, reading, table_item
 from devicepipe_tools.fakes import FakeS3
+from devicepipe_tools.producer import simulate
+from devicepipe_tools.template import load_template, resource
 from functions.cache_updater import app as cache_app
 from functions.stager import app as stager_app
 from tests.conftest import FakeLambdaContext
 
 RECORDS = 1_000
 DEVICES = 200
+
+#: The design load of issue 16: 1,000 own-region readings/s over 4 stream shards (250 a shard).
+SHARDS = 4
+READINGS_PER_S = 1_000
+#: Lambda closes a stream batch when its window ends, BatchSize records are in, or the payload reaches 6 MB
+#: (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html, "Polling and batching streams"); 6 MB is the
+#: synchronous invocation payload quota (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
+PAYLOAD_BYTES = 6 * 1024 * 1024
+#: Lambda polls a DynamoDB stream shard four times a second (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html).
+POLL_S = 0.25
+#: StagerEventSourceMapping before issue 16.
+BEFORE = {"BatchSize": 1000, "MaximumBatchingWindowInSeconds": 10}
+#: Redshift: COPY files of about equal size, "between 1 MB and 1 GB after compression"
+#: (https://docs.aws.amazon.com/redshift/latest/dg/queries-troubleshooting-load-takes-too-long.html).
+COPY_MIN_BYTES = 1024 * 1024
+SAMPLE_OBJECTS = 5
+
+
+@dataclass(frozen=True)
+class Batching:
+    """What one shard's mapping sends per invocation: records, every how many seconds, and what closed it."""
+
+    records: int
+    seconds: float
+    closed_by: str  # window | BatchSize | payload
+
+    def objects_per_hour(self, shards: int) -> float:
+        return shards * 3600 / self.seconds
+
+
+def esm_batch(settings: dict[str, Any], per_shard_per_s: float, record_bytes: float) -> Batching:
+    """Lambda's batching arithmetic for one stream shard at a steady rate (records of ``record_bytes`` in the
+    event): the first of window (a poll's worth without one), BatchSize and the 6 MB payload closes a batch."""
+    limits = {
+        "window": per_shard_per_s * max(float(settings["MaximumBatchingWindowInSeconds"]), POLL_S),
+        "BatchSize": float(settings["BatchSize"]),
+        "payload": PAYLOAD_BYTES // record_bytes,
+    }
+    closed_by = min(limits, key=lambda k: limits[k])
+    records = max(1, int(limits[closed_by]))
+    return Batching(records, records / per_shard_per_s, closed_by)
+
+
+def shard_stream(count: int) -> list[dict[str, Any]]:
+    """One shard's own-region reading inserts at the design load: a quarter of a 5,000-device fleet reporting every
+    5 s, realistic readings from the producer's simulator, as Lambda delivers them."""
+    per_shard = READINGS_PER_S / SHARDS
+    ticks = itertools.count()
+    start_s = 1_793_610_000.0
+    docs = simulate(1250, 50, count=count, seed=16, clock=lambda: start_s + next(ticks) / per_shard)
+    return [
+        dynamodb_record(
+            "INSERT",
+            table_item(doc, arrival_s=start_s + i / per_shard + 0.2),
+            sequence_number=4_100_000_000_000_000_000_000 + i * 100,
+            created_s=start_s + i / per_shard,
+        )
+        for i, doc in enumerate(docs)
+    ]
+
+
+def staged_object_sizes(records: list[dict[str, Any]], per_object: int) -> list[int]:
+    """Gzip bytes of the objects the real Stager writes for consecutive batches of ``per_object`` records."""
+    s3 = FakeS3()
+    stager = Stager(s3, "staging", "us-east-1", Retrier())
+    for first in range(0, SAMPLE_OBJECTS * per_object, per_object):
+        stager.stage(changes(records[first : first + per_object]))
+    return [len(body) for body in s3.objects.values()]
+
+
+def staging_sizes() -> list[tuple[str, float, float, bool]]:
+    after = resource(load_template(), "StagerEventSourceMapping")["Properties"]
+    per_shard = READINGS_PER_S / SHARDS
+    probe = shard_stream(200)
+    record_bytes = statistics.mean(len(json.dumps(r, separators=(",", ":"))) for r in probe)
+    plans = {"before": esm_batch(BEFORE, per_shard, record_bytes), "after": esm_batch(after, per_shard, record_bytes)}
+    stream = shard_stream(SAMPLE_OBJECTS * max(p.records for p in plans.values()))
+    print(
+        f"  staging at {READINGS_PER_S:,} readings/s on {SHARDS} shards ({record_bytes:.0f} B a stream record, "
+        f"so 6 MB holds {PAYLOAD_BYTES // record_bytes:,.0f}):"
+    )
+    figures = {}
+    for name, settings in (("before", BEFORE), ("after", after)):
+        plan = plans[name]
+        median = statistics.median(staged_object_sizes(stream, plan.records))
+        figures[name] = (plan.objects_per_hour(SHARDS), median)
+        print(
+            f"    {name:6s} (BatchSize {settings['BatchSize']}, window {settings['MaximumBatchingWindowInSeconds']} s):"
+            f" {plan.records:,} readings an object, closed by {plan.closed_by} every {plan.seconds:.1f} s a shard;"
+            f" {figures[name][0]:,.0f} objects/hour, median {median / 1024:,.1f} KiB"
+        )
+    per_hour, median = figures["after"]
+    print(
+        f"    Redshift's COPY guidance (1 MB to 1 GB compressed): the median object is "
+        f"{COPY_MIN_BYTES / median:.1f}x below 1 MiB; no mapping setting gets there (6 MB payload a batch)"
+    )
+    return [
+        (f"staged objects/hour (before {figures['before'][0]:,.0f})", per_hour, 0.0, True),
+        (f"staged median object KiB (before {figures['before'][1] / 1024:.1f})", median / 1024, 1024.0, False),
+    ]
 
 
 def make_event() -> dict[str, Any]:
@@ -100,4 +209,4 @@ def main() -> list[tuple[str, float, float, bool]]:
         f"{floor_s / RECORDS * 1e6:5.2f} us, ratio {stage_s / floor_s:4.2f}x"
     )
     rows.append(("stager CPU/record vs decode floor (info)", stage_s / floor_s, 0.0, True))
-    return rows
+    return rows + staging_sizes()

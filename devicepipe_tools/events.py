@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -129,6 +130,37 @@ def insert_batch(
         )
         for i in range(size)
     ]
+
+
+def altered(record: dict[str, Any], **attributes: dict[str, Any] | None) -> dict[str, Any]:
+    """``record`` with attributes of its new image replaced by wire values (``None`` removes one): what a writer
+    other than the ingest (or a damaged event) could put on the stream, and TypeSerializer would not make of a
+    reading."""
+    out = copy.deepcopy(record)
+    image = out["dynamodb"]["NewImage"]
+    for name, value in attributes.items():
+        if value is None:
+            image.pop(name, None)
+        else:
+            image[name] = value
+    return out
+
+
+def undecodable_records(first_seq: int = 1) -> dict[str, dict[str, Any]]:
+    """Stream records the consumers cannot use, by what is wrong with them (sequence numbers from ``first_seq``)."""
+
+    def insert(i: int) -> dict[str, Any]:
+        doc = reading("dev-odd", "branch-nyc", f"2026-11-02T09:00:0{i}.000Z", i)
+        return dynamodb_record("INSERT", table_item(doc), sequence_number=first_seq + i, created_s=1_793_610_100 + i)
+
+    return {
+        "no dynamodb section": {k: v for k, v in insert(0).items() if k != "dynamodb"},
+        "binary attribute": altered(insert(1), firmware={"B": base64.b64encode(b"\x00\xff").decode()}),
+        "string set attribute": altered(insert(2), tags={"SS": ["roof", "north"]}),
+        "number set in metrics": altered(insert(3), metrics={"M": {"samples": {"NS": ["1", "2"]}}}),
+        "missing device_id": altered(insert(4), device_id=None),
+        "unparsable ts": altered(insert(5), ts={"S": "yesterday"}),
+    }
 
 
 def _marshal(plain: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +288,34 @@ def report_events() -> dict[str, dict[str, Any]]:
     }
 
 
+def consumer_fault_events() -> dict[str, dict[str, Any]]:
+    """The stream consumers' events for records they must not crash on: every kind of ``undecodable_records``
+    between two good readings (each function quarantines them and goes on), and a reading whose numbers a float
+    cannot carry (the stager stages them digit for digit)."""
+    bad = list(undecodable_records(_DDB_SEQ_BASE + 1).values())
+    first = reading("dev-001", "branch-nyc", "2026-11-02T09:00:00.000Z", 1)
+    last = reading("dev-002", "branch-nyc", "2026-11-02T09:10:00.000Z", 9)
+    around = {
+        "Records": [
+            dynamodb_record("INSERT", table_item(first), sequence_number=_DDB_SEQ_BASE, created_s=1_793_610_100),
+            *bad,
+            dynamodb_record(
+                "INSERT", table_item(last), sequence_number=_DDB_SEQ_BASE + len(bad) + 1, created_s=1_793_610_107
+            ),
+        ]
+    }
+    exact = {"energy_kwh": "1234567890.1234567890123456789", "ratio": "0.1", "tiny": "1E-130"}
+    precise = altered(
+        dynamodb_record("INSERT", table_item(first), sequence_number=_DDB_SEQ_BASE, created_s=1_793_610_100),
+        metrics={"M": {k: {"N": v} for k, v in exact.items()}},
+    )
+    return {
+        "cache_updater/undecodable-records.json": around,
+        "stager/undecodable-records.json": around,
+        "stager/exact-numbers.json": {"Records": [precise]},
+    }
+
+
 def sample_events() -> dict[str, dict[str, Any]]:
     """The sample events shipped in ``events/``, by relative path."""
     valid = [
@@ -336,6 +396,7 @@ def sample_events() -> dict[str, dict[str, Any]]:
         "loader/backfill-one-day.json": {"prefix": "readings/origin=us-east-1/dt=2026-11-02/"},
         **read_api_events(),
         **report_events(),
+        **consumer_fault_events(),
         "ingest/valid-batch.json": kinesis_event([(r["device_id"], encode(r)) for r in valid]),
         "ingest/poison-pills.json": kinesis_event(poison, first_seq=100),
         "ingest/kpl-aggregated.json": kinesis_event(

@@ -5,9 +5,14 @@ Data API would refuse fails here too, non-retryable, with the rule's name, befor
 
 Adaptations (everything else is sqlglot's Redshift -> DuckDB translation of the same statements):
 - ``COPY ... FROM '<manifest>' ... MANIFEST``: the manifest and its objects are read through the S3 API (the
-  local stack's moto) and bulk-loaded with ``read_json``; a line that is not valid JSON fails the load with
-  its file, line and reason, as ``sys_load_error_detail`` would report it. Without MANIFEST, every object under
-  the FROM key prefix is loaded, as Redshift does;
+  local stack's moto) and bulk-loaded with ``read_json``; an object that is not gzip, or a line that is not valid
+  JSON, fails the load with its file, line and reason, as ``sys_load_error_detail`` would report it. Without
+  MANIFEST, every object under the FROM key prefix is loaded, as Redshift does;
+- numbers keep their staged digits in SUPER (JSON) columns: DuckDB's JSON reader would parse a number with a
+  fraction as a DOUBLE (a 29-digit decimal comes back rounded), where Redshift keeps it as a DECIMAL of up to 38
+  digits. So each line is parsed here with exact numbers and a SUPER column's value reaches DuckDB as its JSON
+  text, which a JSON column keeps as written. DuckDB's JSON functions (``json_extract``, the navigation below)
+  still read such a number as a DOUBLE;
 - ``SUPER`` columns become ``JSON``; ``LOCK <table>`` becomes an exclusive file lock held until the
   transaction ends, serialising loaders across threads and processes as Redshift's table lock does (DuckDB's
   optimistic transactions would otherwise fail one of two concurrent loads on a key conflict);
@@ -31,11 +36,13 @@ import logging
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import sqlglot
 from sqlglot import exp
 
@@ -85,9 +92,10 @@ def _navigation(node: exp.Dot | exp.Column) -> exp.Expression:
 class DuckDBWarehouse:
     """The ``Warehouse`` interface on a DuckDB file, reading staged objects through an S3 client."""
 
-    def __init__(self, path: str | Path, s3: Any) -> None:
+    def __init__(self, path: str | Path, s3: Any, read_only: bool = False) -> None:
         self.path = str(path)
         self.s3 = s3
+        self.read_only = read_only  # a reader of the loader's snapshot (``warehouse_snapshot``)
         self.copies = 0
         self._thread_lock = _THREAD_LOCKS.setdefault(self.path, threading.Lock())  # flock is per process
 
@@ -96,7 +104,7 @@ class DuckDBWarehouse:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                con = duckdb.connect(self.path)
+                con = duckdb.connect(self.path, read_only=self.read_only)
                 con.execute(_JSON_TYPEOF)  # per connection, as the translated SQL may call it
                 return con
             except duckdb.IOException as exc:
@@ -163,18 +171,20 @@ class DuckDBWarehouse:
         types = con.execute(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [table]
         ).fetchall()
+        supers = {c for c, t in types if t == "JSON"}
         with tempfile.TemporaryDirectory(prefix="devicepipe-copy-") as tmp:
             files = []
             for i, url in enumerate(urls):
                 obj_bucket, obj_key = url[len("s3://") :].split("/", 1)
                 body = self.s3.get_object(Bucket=obj_bucket, Key=obj_key)["Body"].read()
-                _check_lines(url, body, table, _STAGE_KEY if table == "stage" else ())
-                path = Path(tmp) / f"{i}.jsonl.gz"
-                path.write_bytes(body)
+                rows = _rows(url, body, table, _STAGE_KEY if table == "stage" else ())
+                path = Path(tmp) / f"{i}.jsonl"
+                path.write_bytes(b"".join(_stage_line(row, supers) + b"\n" for row in rows))
                 files.append(str(path))
             if not files:
                 return
-            columns = "{" + ", ".join(f"'{c}': '{t}'" for c, t in types) + "}"
+            # SUPER columns arrive as their JSON text (VARCHAR), cast to JSON as written: exact digits.
+            columns = "{" + ", ".join(f"'{c}': '{'VARCHAR' if c in supers else t}'" for c, t in types) + "}"
             con.execute(
                 f"INSERT INTO {table} BY NAME SELECT * FROM read_json(?, format='newline_delimited', "  # noqa: S608
                 f"columns={columns})",
@@ -198,25 +208,51 @@ def _check_rules(statements: Sequence[str]) -> None:
         raise LoadFailed(f"refused by the Redshift rule {exc.rule}: {exc}", retryable=False) from exc
 
 
-def _check_lines(url: str, body: bytes, table: str, required: Sequence[str]) -> None:
-    """Fail like COPY does on a bad object: with the file, line, column and reason."""
+def _rows(url: str, body: bytes, table: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    """The object's rows, each number as the text it was written with (``_Number``); fail like COPY does on a bad
+    object: with the file, line, column and reason."""
     try:
         text = gzip.decompress(body)
-    except (OSError, EOFError) as exc:
-        raise LoadFailed(
-            f"{url}: not gzip",
-            retryable=False,
-            errors=[{"file": url, "line": 0, "column": None, "reason": f"not gzip: {exc}"}],
-        ) from None
+    except (OSError, EOFError, zlib.error) as exc:  # a corrupt deflate stream raises zlib.error, not OSError
+        raise _rejected(url, table, 0, None, f"not gzip: {exc}") from None
+    rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            row = json.loads(line)
+            row = json.loads(line, parse_float=_Number, parse_int=_Number)
         except ValueError as exc:
-            errors = [{"file": url, "line": number, "column": None, "reason": f"invalid JSON: {exc}"}]
-            raise LoadFailed(
-                f"Load into table '{table}' failed: {url} line {number}", retryable=False, errors=errors
-            ) from None
+            raise _rejected(url, table, number, None, f"invalid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise _rejected(url, table, number, None, "not a JSON object")
         missing = [c for c in required if row.get(c) is None]
         if missing:
-            errors = [{"file": url, "line": number, "column": missing[0], "reason": "missing value for a NOT NULL key"}]
-            raise LoadFailed(f"Load into table '{table}' failed: {url} line {number}", retryable=False, errors=errors)
+            raise _rejected(url, table, number, missing[0], "missing value for a NOT NULL key")
+        rows.append(row)
+    return rows
+
+
+def _rejected(url: str, table: str, line: int, column: str | None, reason: str) -> LoadFailed:
+    """A COPY failure as Redshift reports one: permanent, with the row of ``sys_load_error_detail``."""
+    message = f"Load into table '{table}' failed: {url}" + (f" line {line}" if line else f": {reason}")
+    return LoadFailed(
+        message, retryable=False, errors=[{"file": url, "line": line, "column": column, "reason": reason}]
+    )
+
+
+class _Number(str):
+    """A JSON number's text as written in the staged line (``json.loads``' ``parse_float``/``parse_int``)."""
+
+
+def _raw(value: Any) -> orjson.Fragment:
+    if isinstance(value, _Number):
+        return orjson.Fragment(value.encode())
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _json(value: Any) -> bytes:
+    """JSON with every number written as it was read: digit for digit, whatever its size."""
+    return orjson.dumps(value, default=_raw, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _stage_line(row: dict[str, Any], supers: set[str]) -> bytes:
+    """One row for ``read_json``: SUPER columns as their JSON text (a JSON null stays a SQL NULL, as in COPY)."""
+    return _json({k: _json(v).decode() if k in supers and v is not None else v for k, v in row.items()})

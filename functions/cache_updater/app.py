@@ -8,8 +8,13 @@ DynamoDB stream shard (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.htm
 - the LATEST repair (``devicepipe.repair``): LATEST modifications that cross-region last writer wins moved back
   -> the newer image written back under the ingest's condition.
 
+Both read the batch through one decoding (``devicepipe.streams``); a record neither can use (no ``dynamodb``
+section, binary or set attributes, no ``device_id``, a ``ts`` that is no stored time) is quarantined with its reason
+(S3, stage ``cache-updater``) and not retried, and the batch goes on.
+
 Each purpose runs over its own records on every attempt and reports only its own records in
-``batchItemFailures``: Redis down fails the reading records, a repair write that keeps failing its LATEST record.
+``batchItemFailures``: Redis down fails the reading records, a repair write that keeps failing its LATEST record,
+a quarantine write that fails the record it was for.
 The repair runs in a thread of its own beside the cache, so a Redis outage (timeouts, retries) neither stops nor
 delays it. Lambda checkpoints before the lowest reported record and replays every record after it, so both
 purposes are idempotent: the compare-and-set ignores what is not newer, and the conditional put refuses it.
@@ -35,12 +40,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from devicepipe.cache import CacheUnavailable, CacheWriter, connect, is_cached, newest_per_device
-from devicepipe.config import CacheSettings, RepairSettings
+from devicepipe.config import CacheSettings, QuarantineSettings, RepairSettings
 from devicepipe.dynamo import DynamoWriter
 from devicepipe.observability import logger, metrics, tracer
-from devicepipe.repair import Regression, RepairResult, regressions, restore
+from devicepipe.quarantine import S3Quarantine, quarantine_stream, stream_quarantine
+from devicepipe.repair import Regression, RepairResult, regressions_in, restore
 from devicepipe.retry import Backoff, Deadline, Retrier
-from devicepipe.streams import changes
+from devicepipe.streams import Change, Rejected, decode
 
 #: The repair's own thread, so that it runs beside the cache whatever Redis does.
 _REPAIRS = ThreadPoolExecutor(1, thread_name_prefix="latest-repair")
@@ -54,6 +60,7 @@ CACHE_BACKOFF = Backoff(base_s=0.25, cap_s=4.0, max_attempts=1_000)
 #: the backoff above does the waiting, so that an attempt stays short and the deadline holds.
 REDIS_RETRIES = 1
 _sleep: Callable[[float], None] = time.sleep
+STAGE = "cache-updater"
 
 
 @cache
@@ -82,28 +89,47 @@ def _repairer() -> tuple[DynamoWriter, Deadline]:
     return writer, deadline
 
 
+@cache
+def _quarantine() -> tuple[S3Quarantine, Deadline]:
+    """The quarantine's S3 writer, once per container (created on the first record refused)."""
+    s3 = boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 3}))
+    return stream_quarantine(s3, QuarantineSettings.from_env(what="CacheUpdaterFunction").bucket)
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    records = event.get("Records", [])
-    found = regressions(records)
+    batch = decode(event.get("Records", []))
+    found = regressions_in(batch.changes)
     repairing = _REPAIRS.submit(_repair, found, context.get_remaining_time_in_millis) if found else None
     try:
-        cache_failed = _update_cache(records, Deadline(context.get_remaining_time_in_millis, CACHE_RESERVE_MS))
+        # First: a quarantine write is short, and the cache may wait out Redis until the deadline.
+        quarantine_failed = _quarantine_rejected(batch.rejected, context.get_remaining_time_in_millis)
+        deadline = Deadline(context.get_remaining_time_in_millis, CACHE_RESERVE_MS)
+        cache_failed = _update_cache(batch.changes, len(batch.sequence_numbers), deadline)
     finally:
         # Waited for even when the cache raised: the repair is written on this attempt whatever the cache did.
         repaired = repairing.result() if repairing else RepairResult()
-        _report_repair(repaired, len(records))
-    failed = cache_failed | set(repaired.failed)
-    numbers = (r["dynamodb"]["SequenceNumber"] for r in records)
-    return {"batchItemFailures": [{"itemIdentifier": n} for n in numbers if n in failed]}
+        _report_repair(repaired, len(batch.sequence_numbers))
+    return batch.response(cache_failed | set(repaired.failed) | quarantine_failed)
 
 
-def _update_cache(records: Sequence[dict[str, Any]], deadline: Deadline) -> set[str]:
+def _quarantine_rejected(rejected: Sequence[Rejected], remaining_ms: Callable[[], int]) -> set[str]:
+    """Quarantine the records no purpose can use; the sequence numbers whose quarantine write failed."""
+    if not rejected:
+        return set()
+    store, deadline = _quarantine()
+    deadline.remaining_ms = remaining_ms
+    failed = quarantine_stream(store, STAGE, rejected)
+    metrics.add_metric("Quarantined", MetricUnit.Count, len(rejected) - len(failed))
+    metrics.add_metric("QuarantineFailures", MetricUnit.Count, len(failed))
+    return failed
+
+
+def _update_cache(batch: Sequence[Change], records: int, deadline: Deadline) -> set[str]:
     """Apply the batch's readings to Redis, retrying with backoff while the deadline allows; the sequence numbers
     to retry (the reading records) if Redis is still failing then."""
-    batch = list(changes(records))
     updates = newest_per_device(batch)
     retries = 0
     while True:
@@ -127,12 +153,12 @@ def _update_cache(records: Sequence[dict[str, Any]], deadline: Deadline) -> set[
             )
             metrics.add_metric("CacheFailures", MetricUnit.Count, 1)
             return mine
-    metrics.add_metric("StreamRecords", MetricUnit.Count, len(records))
+    metrics.add_metric("StreamRecords", MetricUnit.Count, records)
     metrics.add_metric("CacheUpdates", MetricUnit.Count, applied)
     metrics.add_metric("CacheStale", MetricUnit.Count, len(updates) - applied)
     logger.info(
         "cache updated",
-        extra={"records": len(records), "devices": len(updates), "applied": applied, "retries": retries},
+        extra={"records": records, "devices": len(updates), "applied": applied, "retries": retries},
     )
     return set()
 

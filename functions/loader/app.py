@@ -1,7 +1,8 @@
 """LoaderFunction: staged objects -> Redshift (Data API), on a schedule or for a backfill.
 
-Event: the EventBridge schedule's, or ``{"prefix": "readings/origin=us-east-1/dt=2026-11-02/"}`` to load (or
-reload what is not loaded yet) under one prefix by hand.
+Event: the EventBridge schedule's (the cycle lists each origin from its watermark hour), or
+``{"prefix": "readings/origin=us-east-1/dt=2026-11-02/"}`` to load what is not loaded yet under one prefix by
+hand (a backfill: it lists the whole prefix, e.g. for objects that arrived later than ``LATE_ARRIVAL_S``).
 """
 
 from __future__ import annotations
@@ -45,17 +46,21 @@ def _loader() -> tuple[Loader, Deadline]:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    prefix = event.get("prefix") or f"{PREFIX}/"
-    if not str(prefix).startswith(f"{PREFIX}/"):
+    prefix = event.get("prefix") or None
+    if prefix is not None and not str(prefix).startswith(f"{PREFIX}/"):
         raise ValueError(f"backfill prefix must start with {PREFIX}/, got {prefix!r}")
     loader, deadline = _loader()
     deadline.remaining_ms = context.get_remaining_time_in_millis
     report = loader.run(prefix)
     metrics.add_metric("ObjectsLoaded", MetricUnit.Count, report.loaded_objects)
     metrics.add_metric("CopyStatements", MetricUnit.Count, report.copies)
-    metrics.add_metric("LoadFailures", MetricUnit.Count, len(report.failed))
+    # Bad data moved aside (alarmed: `devicepipe loads list` shows each object with the warehouse's reason).
+    metrics.add_metric("ObjectsQuarantined", MetricUnit.Count, len(report.failed))
+    # Permanent failures pinned on no object (a permission or SQL error): nothing quarantined, objects left pending.
+    metrics.add_metric("LoadFailures", MetricUnit.Count, len(report.unattributed))
     metrics.add_metric("LoadDeferred", MetricUnit.Count, int(bool(report.deferred)))
-    metrics.add_metric("ObjectsPending", MetricUnit.Count, report.pending_objects - report.loaded_objects)
+    left = report.pending_objects - report.loaded_objects - len(report.failed)
+    metrics.add_metric("ObjectsPending", MetricUnit.Count, left)
     # Load lag: how long the oldest staged reading has waited for the warehouse (alarmed on in the template).
     metrics.add_metric("OldestPendingAgeSeconds", MetricUnit.Seconds, report.oldest_pending_age_s)
     logger.info("load cycle done", extra=asdict(report))

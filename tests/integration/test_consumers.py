@@ -3,6 +3,8 @@ against moto S3, through their handlers."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import time
 import uuid
@@ -17,7 +19,7 @@ from moto import mock_aws
 
 from devicepipe.dynamo import DynamoWriter
 from devicepipe.retry import Backoff, Deadline, Retrier
-from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.events import dynamodb_record, reading, table_item, undecodable_records
 from devicepipe_tools.fakes import FakeDynamo, FaultyDynamo
 from devicepipe_tools.template import ROOT, create_table_kwargs
 from functions.cache_updater import app as cache_app
@@ -123,16 +125,125 @@ def test_redis_down_mid_batch_fails_the_readings_and_the_retry_loses_nothing(
         cache_app._writer.cache_clear()
 
 
+def clear_quarantines() -> None:
+    for app in (cache_app, stager_app):
+        built = getattr(app, "_quarantine", None)  # (absent before stream records were quarantined: issue 16)
+        if built is not None:
+            built.cache_clear()
+
+
 @pytest.fixture
-def staging(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def quarantine(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The quarantine bucket in moto (the stack's QuarantineBucket, shared with the ingest)."""
     with mock_aws():
         s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="staging")
-        s3.put_bucket_versioning(Bucket="staging", VersioningConfiguration={"Status": "Enabled"})
-        monkeypatch.setenv("STAGING_BUCKET", "staging")
-        stager_app._stager.cache_clear()
+        s3.create_bucket(Bucket="quarantine")
+        monkeypatch.setenv("QUARANTINE_BUCKET", "quarantine")
+        clear_quarantines()
         yield s3
-        stager_app._stager.cache_clear()
+        clear_quarantines()
+
+
+def quarantined(s3: Any) -> dict[str, dict[str, Any]]:
+    """The quarantine's documents by key."""
+    listed = s3.list_objects_v2(Bucket="quarantine").get("Contents", [])
+    return {o["Key"]: json.loads(s3.get_object(Bucket="quarantine", Key=o["Key"])["Body"].read()) for o in listed}
+
+
+@pytest.fixture
+def staging(quarantine: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    s3 = quarantine
+    s3.create_bucket(Bucket="staging")
+    s3.put_bucket_versioning(Bucket="staging", VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.setenv("STAGING_BUCKET", "staging")
+    stager_app._stager.cache_clear()
+    yield s3
+    stager_app._stager.cache_clear()
+
+
+#: What each record of ``undecodable_records`` breaks, as its quarantine reason names it.
+REASONS = {
+    "no dynamodb section": "dynamodb",
+    "binary attribute": "firmware",
+    "string set attribute": "tags",
+    "number set in metrics": "metrics.samples",
+    "missing device_id": "device_id",
+    "unparsable ts": "ts",
+}
+
+
+def around(bad: dict[str, Any]) -> dict[str, Any]:
+    """A batch with ``bad`` between two good reading inserts (dev-a before it, dev-b after it)."""
+    first = table_item(reading("dev-a", "branch-nyc", "2026-11-02T09:00:00Z", 1))
+    last = table_item(reading("dev-b", "branch-nyc", "2026-11-02T09:00:01Z", 2))
+    return {
+        "Records": [
+            dynamodb_record("INSERT", first, sequence_number=1),
+            bad,
+            dynamodb_record("INSERT", last, sequence_number=100),
+        ]
+    }
+
+
+def assert_quarantined(s3: Any, stage: str, bad: dict[str, Any], reason: str) -> None:
+    """One document under the stage's prefix: the record as delivered, and why it was refused."""
+    ((key, doc),) = quarantined(s3).items()
+    assert key.startswith(f"quarantine/stage={stage}/")
+    assert reason in doc["reason"], doc["reason"]
+    assert json.loads(base64.b64decode(doc["payload_base64"])) == bad
+
+
+@pytest.mark.parametrize("fault", sorted(REASONS))
+def test_cache_updater_quarantines_a_record_it_cannot_decode_and_applies_the_rest(
+    cache_env: redis.Redis, quarantine: Any, lambda_context: FakeLambdaContext, fault: str
+) -> None:
+    # Given a batch with a record that breaks the item contract between two good readings
+    bad = undecodable_records(10)[fault]
+    # When it is handled, Then the batch succeeds (the bad record is not retried: it would fail again)
+    assert cache_app.lambda_handler(around(bad), lambda_context) == {"batchItemFailures": []}
+    # And the good readings are cached, the bad record quarantined with its reason
+    assert cached(cache_env, "dev-a")["seq"] == "1" and cached(cache_env, "dev-b")["seq"] == "2"
+    assert_quarantined(quarantine, "cache-updater", bad, REASONS[fault])
+
+
+def test_a_quarantine_write_that_fails_leaves_only_the_bad_record_for_retry(
+    cache_env: redis.Redis, quarantine: Any, lambda_context: FakeLambdaContext
+) -> None:
+    quarantine.delete_bucket(Bucket="quarantine")  # every write fails (NoSuchBucket)
+    bad = undecodable_records(10)["binary attribute"]
+    response = cache_app.lambda_handler(around(bad), lambda_context)
+    assert response == {"batchItemFailures": [{"itemIdentifier": bad["dynamodb"]["SequenceNumber"]}]}
+    assert cached(cache_env, "dev-b")["seq"] == "2"
+
+
+def staged_rows(s3: Any) -> list[dict[str, Any]]:
+    rows = []
+    for obj in s3.list_objects_v2(Bucket="staging", Prefix="readings/").get("Contents", []):
+        body = s3.get_object(Bucket="staging", Key=obj["Key"])["Body"].read()
+        rows += [json.loads(line) for line in gzip.decompress(body).splitlines()]
+    return rows
+
+
+@pytest.mark.parametrize("fault", sorted(REASONS))
+def test_stager_quarantines_a_record_it_cannot_decode_and_stages_the_rest_without_nulls(
+    staging: Any, lambda_context: FakeLambdaContext, fault: str
+) -> None:
+    bad = undecodable_records(10)[fault]
+    assert stager_app.lambda_handler(around(bad), lambda_context) == {"batchItemFailures": []}
+    rows = staged_rows(staging)
+    assert [r["device_id"] for r in rows] == ["dev-a", "dev-b"]
+    assert all(value is not None for r in rows for value in r.values()), rows
+    assert_quarantined(staging, "stager", bad, REASONS[fault])
+
+
+def test_stager_fails_the_whole_batch_when_a_quarantine_write_fails(
+    staging: Any, lambda_context: FakeLambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is retried as it was, so that its staged object keeps its key."""
+    monkeypatch.setenv("QUARANTINE_BUCKET", "no-such-bucket")
+    event = around(undecodable_records(10)["missing device_id"])
+    response = stager_app.lambda_handler(event, lambda_context)
+    assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == ["1", "14", "100"]
 
 
 def test_stager_writes_own_region_readings_and_a_replay_rewrites_the_same_object(
@@ -259,3 +370,23 @@ def test_a_repair_write_that_keeps_failing_fails_only_its_latest_record(
     regressed, _ = latest_changes(event)
     assert response == {"batchItemFailures": [{"itemIdentifier": regressed["SequenceNumber"]}]}
     assert cached(cache_env, "dev-001")["seq"] == "2"
+
+
+def test_the_fault_samples_are_handled_as_sam_local_invoke_would_run_them(
+    staging: Any, cache_env: redis.Redis, lambda_context: FakeLambdaContext
+) -> None:
+    """events/*/undecodable-records.json: every kind of record the consumers refuse, between two good readings;
+    events/stager/exact-numbers.json: numbers a float cannot carry, staged digit for digit."""
+    for app, folder in ((cache_app, "cache_updater"), (stager_app, "stager")):
+        event = sample(f"{folder}/undecodable-records.json")
+        assert app.lambda_handler(event, lambda_context) == {"batchItemFailures": []}
+    stages = [key.split("/")[1] for key in quarantined(staging)]
+    assert stages.count("stage=cache-updater") == stages.count("stage=stager") == len(REASONS)
+    assert [r["device_id"] for r in staged_rows(staging)] == ["dev-001", "dev-002"]
+    assert cached(cache_env, "dev-002")["seq"] == "9"
+
+    stager_app.lambda_handler(sample("stager/exact-numbers.json"), lambda_context)
+    listed = staging.list_objects_v2(Bucket="staging", Prefix="readings/")["Contents"]
+    bodies = [gzip.decompress(staging.get_object(Bucket="staging", Key=o["Key"])["Body"].read()) for o in listed]
+    (body,) = [b for b in bodies if b"energy_kwh" in b]
+    assert b'"energy_kwh":1234567890.1234567890123456789' in body and b'"tiny":1E-130' in body

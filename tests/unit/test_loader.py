@@ -3,24 +3,33 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
+import duckdb
 import pytest
 import sqlglot
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from devicepipe.config import ConfigError, LoaderSettings
-from devicepipe.loader import CrossRegionStaging, Loader, Manifest, Source, StagedObject
-from devicepipe.retry import Backoff, Deadline
+from devicepipe.loader import LATE_ARRIVAL_S, CrossRegionStaging, Loader, Manifest, Source, StagedObject
+from devicepipe.retry import Backoff, Deadline, Retrier
+from devicepipe.staging import Stager
+from devicepipe.streams import changes
 from devicepipe.warehouse import (
     DDL,
     LoadFailed,
     RedshiftDataApi,
     api_error_retryable,
     load_statements,
+    loaded_keys_query,
     statement_retryable,
+    watermark_statements,
+    watermarks_query,
 )
+from devicepipe_tools import redshift_rules
+from devicepipe_tools.events import insert_batch
 
 #: The primary region's staging bucket: its own readings and, replicated in, the secondary region's.
 US, EU = Source("staging-us", "us-east-1"), Source("staging-eu", "eu-west-1")
@@ -239,3 +248,75 @@ def test_a_statement_near_the_timeout_is_cancelled_and_retryable() -> None:
     with stub, pytest.raises(LoadFailed) as info:
         api.execute(["COPY ..."])
     assert info.value.retryable and "cancelled" in str(info.value)
+
+
+# --- the watermark's assumptions, pinned -------------------------------------------------------------------------
+
+
+def test_staged_keys_carry_the_hour_the_watermark_reads() -> None:
+    """The loader lists by hour: it relies on ``staging.object_key`` putting a sortable hour after the origin."""
+    staged = Stager(RecordingS3(), "staging-us", "eu-west-1", Retrier())
+    key = staged.stage(list(changes(insert_batch(0, 2, origin_region="eu-west-1")))).key
+    assert key.startswith("readings/origin=eu-west-1/dt=")
+    assert StagedObject(US, key, 1).partition == "dt=2026-11-02/hour=09"
+    assert StagedObject(US, "readings/origin=eu-west-1/other/x.jsonl.gz", 1).partition is None
+
+
+def test_the_late_arrival_window_covers_how_late_the_template_lets_an_object_appear(template: dict[str, Any]) -> None:
+    """An object appears after its hour by at most the stager's record age, batching window and timeout, plus S3
+    Replication Time Control's 15 minutes for a replica; the watermark stays further behind than that."""
+    mapping = template["Resources"]["StagerEventSourceMapping"]["Properties"]
+    stager = template["Resources"]["StagerFunction"]["Properties"]
+    latest = mapping["MaximumRecordAgeInSeconds"] + mapping["MaximumBatchingWindowInSeconds"] + stager["Timeout"]
+    assert latest + 15 * 60 <= LATE_ARRIVAL_S
+
+
+@pytest.mark.parametrize(
+    ("prefix", "start_after"),
+    [
+        ("readings/origin=us-east-1/", ""),
+        ("readings/origin=us-east-1/", "readings/origin=us-east-1/dt=2026-11-02/hour=07"),
+    ],
+)
+def test_the_ledger_is_read_by_key_range_exactly_as_s3_lists(prefix: str, start_after: str) -> None:
+    """The ledger query of a cycle selects exactly the keys its listing would (S3's Prefix and StartAfter)."""
+    keys = [
+        f"s3://b/readings/origin={o}/dt=2026-11-0{d}/hour={h:02d}/{i}.jsonl.gz"
+        for o in ("eu-west-1", "us-east-1", "us-east-10")
+        for d in (1, 2, 3)
+        for h in (6, 7, 8)
+        for i in range(2)
+    ] + ["s3://b/readings/origin=us-east-1", "s3://b/readings/origin=us-east-10/x", "s3://b/readings0"]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE loaded_objects (object_key VARCHAR)")
+    con.executemany("INSERT INTO loaded_objects VALUES (?)", [[k] for k in keys])
+    ranges = [(f"s3://b/{prefix}", f"s3://b/{start_after}" if start_after else "")]
+    got = {k for (k,) in con.execute(loaded_keys_query(ranges)).fetchall()}
+    listed = {k for k in keys if k.startswith(f"s3://b/{prefix}") and k > f"s3://b/{start_after}"}
+    assert got == listed and listed
+    assert redshift_rules.check_statement(loaded_keys_query(ranges * 3)) == []
+
+
+def test_watermark_statements_are_one_small_locked_transaction() -> None:
+    marks = {f"s3://b/readings/origin={r}/": "dt=2026-11-02/hour=07" for r in ("us-east-1", "eu-west-1")}
+    batch = watermark_statements(marks)
+    assert batch[0] == "LOCK load_ledger" and len(batch) == 5
+    assert redshift_rules.check_batch(batch) == [] and redshift_rules.check_batch(DDL) == []
+    assert redshift_rules.check_statement(watermarks_query("s3://b/readings/")) == []
+    assert max(len(sql) for sql in batch) < 300
+
+
+def test_quarantined_objects_are_counted_and_alarmed(template: dict[str, Any]) -> None:
+    """An object moved aside is a data problem someone must look at: counted per cycle and alarmed at the first."""
+    (alarm,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("MetricName") == "ObjectsQuarantined"
+    ]
+    assert alarm["Namespace"] == "devicepipe" and alarm["Dimensions"] == [{"Name": "service", "Value": "loader"}]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]

@@ -10,7 +10,7 @@ import pytest
 from devicepipe.dynamo import DynamoWriter
 from devicepipe.repair import regressions, repair
 from devicepipe.retry import Backoff, Retrier
-from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.events import altered, dynamodb_record, reading, table_item, undecodable_records
 from devicepipe_tools.fakes import FakeDynamo, FaultyDynamo
 
 US, EU = "us-east-1", "eu-west-1"
@@ -95,3 +95,18 @@ def test_a_batch_without_regressions_makes_no_call() -> None:
     dynamo = FakeDynamo()
     result = repair(writer(dynamo), [modify(latest(NEWEST), latest(NEWER), 1)])
     assert (result.regressions, result.failed, sum(dynamo.calls.values())) == (0, [], 0)
+
+
+def test_records_that_do_not_decode_are_passed_over_and_the_batch_is_searched_on() -> None:
+    """The repair decodes records as the cache and the stager do (devicepipe.streams); the records it cannot
+    decode are the cache updater's to quarantine, never a crash that stops the repair of the others."""
+    broken = modify(latest(OLDER, EU), latest(NEWER), 2)
+    broken["dynamodb"]["OldImage"]["latest_at"] = {"B": "AAE="}
+    records = [*undecodable_records(10).values(), broken, modify(latest(OLDER, EU), latest(NEWER), 3)]
+    assert [r.sequence_number for r in regressions(records)] == ["3"]
+
+
+def test_a_latest_change_without_a_device_id_is_no_regression() -> None:
+    record = altered(modify(latest(OLDER, EU), latest(NEWER), 1), device_id=None)
+    del record["dynamodb"]["OldImage"]["device_id"]
+    assert regressions([record]) == []

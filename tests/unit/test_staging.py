@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+from decimal import Decimal
+
+import pytest
 
 from devicepipe.retry import Backoff, Retrier
 from devicepipe.staging import Stager, row
 from devicepipe.streams import changes
-from devicepipe_tools.events import dynamodb_record, reading, table_item
+from devicepipe_tools.events import altered, dynamodb_record, reading, table_item
 from devicepipe_tools.fakes import FakeS3
 from devicepipe_tools.template import ROOT
 
@@ -66,3 +69,32 @@ def test_nothing_to_stage_makes_no_put() -> None:
 def test_failed_put_is_reported_not_counted() -> None:
     result = stager(FakeS3(fail_calls=10), attempts=2).stage(list(changes(EVENT["Records"])))
     assert result.staged == 0 and "gave up after 2 attempts" in result.error
+
+
+#: Numbers as DynamoDB keeps them (up to 38 digits, 1E-130 to 9.99...E+125: the N type's range), each staged
+#: with every digit: https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html
+EXACT = {
+    "energy_kwh": "1234567890.1234567890123456789",  # 29 significant digits; a float keeps 17
+    "ratio": "0.1",
+    "tiny": "1E-130",
+    "huge": "9.9999999999999999999999999999999999999E+125",
+    "count": "12345678901234567890123456789012345678",  # 38 digits, beyond 64 bits
+    "below_int64": "-9223372036854775809",
+    "int64": "9223372036854775807",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_numbers_are_staged_exactly_as_stored(name: str) -> None:
+    # Given a reading whose metrics hold numbers a float cannot carry
+    doc = reading("d", "b", "2026-11-02T09:00:00Z", 1)
+    metrics = {"M": {k: {"N": v} for k, v in EXACT.items()}}
+    record = altered(dynamodb_record("INSERT", table_item(doc), sequence_number=1), metrics=metrics)
+    # When it is staged
+    s3 = FakeS3()
+    stager(s3).stage(list(changes([record])))
+    (line,) = gzip.decompress(next(iter(s3.objects.values()))).splitlines()
+    # Then the line holds each number as a JSON number with the stored value, digit for digit
+    staged = json.loads(line, parse_float=Decimal, parse_int=Decimal)["metrics"][name]
+    assert staged == Decimal(EXACT[name])
+    assert f'"{name}":{Decimal(EXACT[name])}'.encode() in line

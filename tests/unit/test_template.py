@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from benchmarks import bench_consumers as bench
 from devicepipe_tools.probe import PROBE_PK_PREFIX
 from devicepipe_tools.template import ROOT, function_environment, resource
+from functions.cache_updater import app as cache_app
+from functions.stager import app as stager_app
 
 
 def resources_of(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -94,6 +97,40 @@ def test_the_path_to_readers_waits_in_no_batching_window(template: dict[str, Any
     assert window["StagerEventSourceMapping"] >= 1
 
 
+def test_the_stagers_batches_are_as_large_as_lambda_sends_at_the_design_load(template: dict[str, Any]) -> None:
+    """The stager writes one object per invocation, and Redshift wants COPY files of 1 MB to 1 GB compressed
+    (https://docs.aws.amazon.com/redshift/latest/dg/queries-troubleshooting-load-takes-too-long.html), so its
+    batches are the largest Lambda sends: BatchSize at DynamoDB Streams' maximum, 10,000
+    (https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-params.html), and a window long enough for the 6 MB
+    invocation payload, not the clock, to close a batch at the design load (1,000 readings/s on 4 shards: Lambda
+    sends when the window ends, the batch is full or the payload reaches 6 MB,
+    https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html). Not much longer: a longer window only holds a
+    lighter load back from the warehouse. Objects per hour and their sizes: `make bench`."""
+    props = resource(template, "StagerEventSourceMapping")["Properties"]
+    records = bench.shard_stream(50)
+    record_bytes = sum(len(json.dumps(r, separators=(",", ":"))) for r in records) / len(records)
+    batch = bench.esm_batch(props, bench.READINGS_PER_S / bench.SHARDS, record_bytes)
+    assert props["BatchSize"] == 10_000
+    assert batch.closed_by == "payload"
+    assert batch.seconds <= props["MaximumBatchingWindowInSeconds"] <= 1.25 * batch.seconds
+
+
+@pytest.mark.parametrize(
+    ("settings", "per_s", "expected"),
+    [
+        ({"BatchSize": 1000, "MaximumBatchingWindowInSeconds": 10}, 250, ("BatchSize", 1000, 4.0)),
+        ({"BatchSize": 10_000, "MaximumBatchingWindowInSeconds": 10}, 250, ("window", 2500, 10.0)),
+        ({"BatchSize": 10_000, "MaximumBatchingWindowInSeconds": 300}, 250, ("payload", 6553, 26.212)),
+        ({"BatchSize": 500, "MaximumBatchingWindowInSeconds": 0}, 100, ("window", 25, 0.25)),  # a poll's worth
+    ],
+)
+def test_lambdas_stream_batching_arithmetic(
+    settings: dict[str, int], per_s: float, expected: tuple[str, int, float]
+) -> None:
+    batch = bench.esm_batch(settings, per_s, record_bytes=960)
+    assert (batch.closed_by, batch.records, round(batch.seconds, 3)) == expected
+
+
 def test_functions_run_python313_on_arm64_with_the_common_layer(template: dict[str, Any]) -> None:
     fn_globals = template["Globals"]["Function"]
     assert fn_globals["Runtime"] == "python3.13"
@@ -153,6 +190,36 @@ def test_ingest_role_writes_only_its_table_and_quarantine_prefix(template: dict[
     assert by_sid["WriteReadings"]["Action"] == ["dynamodb:BatchWriteItem", "dynamodb:PutItem"]
     assert by_sid["WriteReadings"]["Resource"]["Fn::Sub"].endswith(":table/${TableName}")
     assert by_sid["Quarantine"]["Resource"] == {"Fn::Sub": "${QuarantineBucket.Arn}/quarantine/*"}
+
+
+@pytest.mark.parametrize(
+    ("function", "role", "stage"),
+    [("CacheUpdaterFunction", "CacheUpdaterRole", cache_app.STAGE), ("StagerFunction", "StagerRole", stager_app.STAGE)],
+)
+def test_stream_consumers_quarantine_what_they_cannot_decode_under_their_own_stage(
+    template: dict[str, Any], function: str, role: str, stage: str
+) -> None:
+    assert function_environment(template, function)["QUARANTINE_BUCKET"] == {"Ref": "QuarantineBucket"}
+    by_sid = {s["Sid"]: s for name, s in statements(template) if name == role}
+    assert by_sid["Quarantine"]["Action"] == "s3:PutObject"
+    assert by_sid["Quarantine"]["Resource"] == {"Fn::Sub": f"${{QuarantineBucket.Arn}}/quarantine/stage={stage}/*"}
+
+
+def test_stream_quarantines_raise_their_own_alarm_and_the_ingests_keeps_its_threshold(template: dict[str, Any]) -> None:
+    """The ingest quarantines what producers send (some bad records are expected: QuarantineAlarmThreshold);
+    the table holds only what the ingest accepted, so any stream record a consumer quarantines is a writer other
+    than the ingest or a fault of ours, and alarms at once. Metric math sums the two consumers' counts:
+    https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/Create-alarm-on-metric-math-expression.html"""
+    (ingest,) = alarms_on(template, "Quarantined")
+    assert ingest["Dimensions"] == [{"Name": "service", "Value": "ingest"}]
+    assert ingest["Threshold"] == {"Ref": "QuarantineAlarmThreshold"}
+    stream = resource(template, "StreamQuarantineAlarm")["Properties"]
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in stream["Metrics"] if "MetricStat" in m}
+    assert {m["MetricName"] for m in stats.values()} == {"Quarantined"}
+    assert {m["Dimensions"][0]["Value"] for m in stats.values()} == {"cache-updater", "stager"}
+    (total,) = [m for m in stream["Metrics"] if m.get("ReturnData", True)]
+    assert all(f"FILL({metric_id}, 0)" in total["Expression"] for metric_id in stats)
+    assert (stream["Threshold"], stream["ComparisonOperator"]) == (0, "GreaterThanThreshold")
 
 
 @pytest.mark.parametrize("logical_id", ["QuarantineBucket", "StagingBucket"])

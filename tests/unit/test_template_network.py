@@ -27,7 +27,8 @@ AURORA: Rule = ("tcp", 5432, "sg:AuroraSecurityGroup")
 #: queues, logs and KMS are reached by the services, not by the function.
 NEEDS: dict[str, tuple[str, set[Rule]]] = {
     "IngestFunction": ("IngestSecurityGroup", {DYNAMODB, S3, HTTPS_ENDPOINTS}),
-    "CacheUpdaterFunction": ("CacheUpdaterSecurityGroup", {REDIS, DYNAMODB, HTTPS_ENDPOINTS}),  # DynamoDB: repair
+    # DynamoDB: the LATEST repair; S3: the quarantine of stream records it cannot decode (issue 16)
+    "CacheUpdaterFunction": ("CacheUpdaterSecurityGroup", {REDIS, DYNAMODB, S3, HTTPS_ENDPOINTS}),
     "StagerFunction": ("StagerSecurityGroup", {S3, HTTPS_ENDPOINTS}),
     "ReadApiFunction": ("ReadApiSecurityGroup", {REDIS, DYNAMODB, S3, HTTPS_ENDPOINTS}),  # S3: branch reports
     "LoaderFunction": ("LoaderSecurityGroup", {S3, HTTPS_ENDPOINTS}),

@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from devicepipe.config import CacheSettings
-from devicepipe.streams import Change
+from devicepipe.streams import Change, plain_number
 
 # KEYS: device hash, branch set, branches set. ARGV: version, branch, score, expire_at, prune_before, device_id,
 # branch key prefix, then the hash's field/value pairs.
@@ -118,7 +118,8 @@ def update_from_item(item: dict[str, Any], version: str) -> Update:
             "seq": str(item.get("seq", 0)),
             "origin_region": str(item.get("origin_region", "")),
             "ingested_at": str(item.get("ingested_at", "")),
-            "reading": json.dumps(reading, separators=(",", ":"), sort_keys=True),
+            # Stream images carry exact numbers (Decimal beyond float or int64); readers parse doubles anyway.
+            "reading": json.dumps(reading, separators=(",", ":"), sort_keys=True, default=plain_number),
         },
     )
 

@@ -158,6 +158,21 @@ class StagerSettings:
 
 
 @dataclass(frozen=True)
+class QuarantineSettings:
+    """Where a stream consumer (CacheUpdaterFunction, StagerFunction) quarantines the records it cannot decode:
+    the ingest's quarantine bucket, under the consumer's own stage."""
+
+    bucket: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, what: str = "stream consumer") -> QuarantineSettings:
+        e = _Env(os.environ if env is None else env)
+        settings = cls(bucket=e.text("QUARANTINE_BUCKET"))
+        e.check(f"{what} settings")
+        return settings
+
+
+@dataclass(frozen=True)
 class RepairSettings:
     """Settings of the LATEST repair, which runs in CacheUpdaterFunction beside the cache."""
 

@@ -5,31 +5,63 @@
   ``readings/origin=<other region>/`` objects in under the same keys (docs/warehouse-regions.md). So every
   COPY reads a manifest and objects of its own region, through the VPC's S3 gateway endpoint, without a
   ``REGION`` option; a bucket in another region is refused (``CrossRegionStaging``), never loaded with one.
-- Pending = every staged object under ``readings/`` in that bucket, minus the objects the warehouse's
-  ``loaded_objects`` holds, minus the objects of quarantined (permanently failed) manifests. A replica keeps
-  its source's key, so the ledger dedups it like any other object.
+- What a scheduled cycle lists is bounded by time, not by history. Staged keys sort by hour within an origin
+  (``.../origin=<region>/dt=YYYY-MM-DD/hour=HH/...``, ``staging.object_key``), and the warehouse keeps a
+  watermark per origin (``load_watermark``): the oldest hour that may still hold an object to load. A cycle
+  lists each origin from its watermark (S3 ``StartAfter``), reads the ledger (``loaded_objects``) and the
+  quarantine only inside those key ranges, and moves the watermark up to the oldest object it left pending,
+  but never closer than ``late_arrival_s`` behind the newest hour it saw of that origin: an object appears in
+  the bucket at most that long after its hour (the stager's record age, run time, and S3 replication).
+  A backfill (``run(prefix)``) lists its whole prefix and leaves the watermarks alone.
+- Pending = those listed objects minus the ledger's and the quarantine's. A replica keeps its source's key, so
+  the ledger dedups it like any other object.
 - Manifests are bounded by object count and bytes so one COPY stays well inside the function timeout, named
   by a hash of their content: a retried cycle rewrites the same manifest instead of making a new one.
 - A retryable failure (warehouse paused, busy, throttling, timeout) stops the cycle: everything left stays
-  pending for the next scheduled run. A permanent one (bad data) quarantines the manifest under
-  ``manifests/failed/`` with the warehouse's file/line/column/reason, and the cycle goes on with the next.
+  pending for the next scheduled run. A permanent one is pinned on the objects that cause it, which are
+  quarantined one by one (``manifests/quarantine/<object key>.json``, with the warehouse's file/line/column/
+  reason); the rest load in the same cycle. The warehouse names a bad object's file for most data errors
+  (``sys_load_error_detail``); otherwise the manifest is split in halves and each tried, down to the object.
+  A failure is only pinned on an object once something loaded in the same cycle: when nothing loads at all
+  (a permission or SQL error, not the data) nothing is quarantined and the objects stay pending.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from devicepipe.observability import logger
+from devicepipe.retry import Backoff
 from devicepipe.staging import PREFIX as STAGED_PREFIX
-from devicepipe.warehouse import DDL, LOADED_KEYS, LoadFailed, Warehouse, ledger_document, load_statements
+from devicepipe.warehouse import (
+    DDL,
+    LoadFailed,
+    Warehouse,
+    ledger_document,
+    load_statements,
+    loaded_keys_query,
+    watermark_statements,
+    watermarks_query,
+)
 
 MANIFEST_PREFIX = "manifests"
-FAILED_PREFIX = f"{MANIFEST_PREFIX}/failed"
+QUARANTINE_PREFIX = f"{MANIFEST_PREFIX}/quarantine"
+#: How long after its hour an object may still appear in the bucket: the stager's MaximumRecordAgeInSeconds
+#: (3600: older records go to its on-failure queue, not to staging) + its timeout and batching window (70 s) +
+#: S3 Replication Time Control's 15 minutes for the other region's replicas, rounded up with a margin.
+#: Later objects are loaded by a backfill of their prefix. Pinned against the template in the tests.
+LATE_ARRIVAL_S = 2 * 3600
+#: Retries of the schema's DDL: jittered, so that loaders that collided do not collide again.
+SCHEMA_BACKOFF = Backoff(base_s=0.1, cap_s=1.0, max_attempts=5)
+_PARTITION = re.compile(r"/(dt=\d{4}-\d{2}-\d{2}/hour=\d{2})/")
+_PARTITION_FORMAT = "dt=%Y-%m-%d/hour=%H"
 
 
 class CrossRegionStaging(ValueError):
@@ -53,6 +85,9 @@ class Source:
                 "bucket instead: docs/warehouse-regions.md"
             )
 
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
 
 @dataclass(frozen=True)
 class StagedObject:
@@ -63,7 +98,21 @@ class StagedObject:
 
     @property
     def url(self) -> str:
-        return f"s3://{self.source.bucket}/{self.key}"
+        return self.source.url(self.key)
+
+    @property
+    def partition(self) -> str | None:
+        """Its hour, ``dt=YYYY-MM-DD/hour=HH`` (sortable), or None for a key outside the staging layout."""
+        match = _PARTITION.search(self.key)
+        return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys under ``prefix``, and after ``start_after`` if set (S3's ``StartAfter``: exclusive)."""
+
+    prefix: str
+    start_after: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,14 +148,45 @@ class Manifest:
 
 @dataclass
 class LoadReport:
+    listed_objects: int = 0  # staged objects the cycle listed (its window), loaded before or not
     pending_objects: int = 0
     manifests: int = 0
-    loaded_manifests: list[str] = field(default_factory=list)
+    loaded_manifests: list[str] = field(default_factory=list)  # every committed load, halves of a split included
     loaded_objects: int = 0
-    copies: int = 0
-    failed: list[dict[str, Any]] = field(default_factory=list)  # quarantined manifests with their errors
+    copies: int = 0  # load transactions tried
+    failed: list[dict[str, Any]] = field(default_factory=list)  # objects quarantined in this cycle, with errors
+    unattributed: list[str] = field(default_factory=list)  # permanent failures pinned on no object (left pending)
     deferred: str = ""  # why the cycle stopped early (retryable failure)
     oldest_pending_age_s: float = 0.0  # age of the oldest staged object still not loaded after the cycle
+
+
+class _Unattributed(Exception):
+    """A permanent failure that nothing proves to be the data's: nothing loaded in the cycle yet."""
+
+    def __init__(self, failure: LoadFailed) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+@dataclass
+class _Cycle:
+    report: LoadReport
+    done: set[str] = field(default_factory=set)  # URLs loaded or quarantined in this cycle
+
+
+def quarantine_key(object_key: str) -> str:
+    """Where an object's quarantine record is kept: its key under ``QUARANTINE_PREFIX``, so records list in the
+    same order, and by the same key ranges, as the objects."""
+    return f"{QUARANTINE_PREFIX}/{object_key}.json"
+
+
+def _partition_at(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime(_PARTITION_FORMAT)
+
+
+def _shift(partition: str, seconds: float) -> str:
+    at = datetime.strptime(partition, _PARTITION_FORMAT).replace(tzinfo=UTC) + timedelta(seconds=seconds)
+    return at.strftime(_PARTITION_FORMAT)
 
 
 @dataclass
@@ -116,19 +196,21 @@ class Loader:
     Parameters
     ----------
     s3
-        boto3 S3 client (lists staging, writes manifests).
+        boto3 S3 client (lists staging, writes manifests and quarantine records).
     warehouse
         Redshift Data API adapter, or the local DuckDB one.
     source
         The staging bucket to load from: in the warehouse's region, holding both regions' readings.
     manifest_bucket
-        Where manifests (and quarantined ones) are written (the staging bucket in AWS: same region).
+        Where manifests (and quarantine records) are written (the staging bucket in AWS: same region).
     role_arn
         The role Redshift assumes to read the staging objects.
     max_objects, max_bytes
         Bounds of one manifest.
     region
         The warehouse's region (empty: the source's); a source elsewhere raises ``CrossRegionStaging``.
+    late_arrival_s
+        How far behind the newest hour seen of an origin its watermark stays (see ``LATE_ARRIVAL_S``).
     """
 
     s3: Any
@@ -139,20 +221,55 @@ class Loader:
     max_objects: int = 500
     max_bytes: int = 512 * 1024 * 1024
     region: str = ""
+    late_arrival_s: float = LATE_ARRIVAL_S
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
     _schema_ready: bool = False
 
     def __post_init__(self) -> None:
         self.source.check_in(self.region or self.source.region)
 
     def ensure_schema(self) -> None:
-        """Create the tables if missing (idempotent; once per container)."""
-        if not self._schema_ready:
-            self.warehouse.execute(DDL)
-            self._schema_ready = True
+        """Create the tables if missing (once per container).
 
-    def pending(self, prefix: str = STAGED_PREFIX + "/") -> list[StagedObject]:
-        excluded = self.loaded_objects() | self.quarantined_objects()
-        return [o for o in self.staged(prefix) if o.url not in excluded]
+        IF NOT EXISTS is no lock: of two creates at once, one fails (a duplicate in the catalog on Redshift and
+        PostgreSQL, a catalog write-write conflict on DuckDB), and Redshift promises only that "if the specified
+        table already exists, the command should make no changes"
+        (https://docs.aws.amazon.com/redshift/latest/dg/r_CREATE_TABLE_NEW.html). Run again, the same DDL finds
+        the tables and does nothing, so any failure is retried a few times; one that persists is raised.
+        """
+        if self._schema_ready:
+            return
+        for retry in range(SCHEMA_BACKOFF.max_attempts):
+            try:
+                self.warehouse.execute(DDL)
+                break
+            except LoadFailed as exc:
+                if retry + 1 == SCHEMA_BACKOFF.max_attempts:
+                    raise
+                logger.warning("schema creation failed; trying again", extra={"error": str(exc)})
+                self.sleep(SCHEMA_BACKOFF.delay(retry))
+        self._schema_ready = True
+
+    # --- what to load ------------------------------------------------------------------------------------------
+
+    def ranges(self, marks: dict[str, str] | None = None) -> list[KeyRange]:
+        """What a scheduled cycle lists: each origin's keys from its watermark hour on (all of them without one)."""
+        marks = self.watermarks() if marks is None else marks
+        return [KeyRange(o, f"{o}{marks[o]}" if o in marks else "") for o in self.origins()]
+
+    def origins(self) -> list[str]:
+        """The origin prefixes in the bucket (``readings/origin=<region>/``): one delimited listing."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.source.bucket, Prefix=f"{STAGED_PREFIX}/", Delimiter="/"
+        )
+        return [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+
+    def watermarks(self) -> dict[str, str]:
+        """Each origin prefix's watermark hour, as the warehouse keeps it."""
+        rows = self.warehouse.query(watermarks_query(self.source.url(f"{STAGED_PREFIX}/")))
+        base = len(self.source.url(""))
+        return {str(prefix)[base:]: str(partition) for prefix, partition in rows}
 
     def staged(self, prefix: str = STAGED_PREFIX + "/") -> list[StagedObject]:
         """Every staged object under ``prefix`` (every origin region's) in the staging bucket.
@@ -160,32 +277,55 @@ class Loader:
         A replica's ``LastModified`` is its source object's creation time (S3 replication keeps it), so the
         load lag computed from it includes the replication lag.
         """
-        found = []
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.source.bucket, Prefix=prefix)
-        for page in pages:
-            found += [
-                StagedObject(self.source, obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
-                for obj in page.get("Contents", [])
-                if obj["Key"].endswith(".jsonl.gz")
-            ]
-        return found
+        return self._list([KeyRange(prefix)])
 
-    def loaded_objects(self) -> set[str]:
-        return {str(r[0]) for r in self.warehouse.query(LOADED_KEYS)}
+    def pending(self, prefix: str | None = None) -> list[StagedObject]:
+        """What a cycle would load: the scheduled cycle's window, or everything not loaded under ``prefix``."""
+        return self._pending([KeyRange(prefix)] if prefix else self.ranges())[1]
 
-    def quarantined_objects(self) -> set[str]:
+    def _pending(self, ranges: Sequence[KeyRange]) -> tuple[list[StagedObject], list[StagedObject]]:
+        """(listed, pending) over the key ranges: one ledger query and one quarantine listing per range."""
+        listed = self._list(ranges)
+        if not listed:
+            return [], []
+        excluded = self.loaded_objects(ranges) | self.quarantined_objects(ranges)
+        return listed, [o for o in listed if o.url not in excluded]
+
+    def _list(self, ranges: Sequence[KeyRange]) -> list[StagedObject]:
+        return [
+            StagedObject(self.source, obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
+            for r in ranges
+            for obj in self._keys(self.source.bucket, r)
+            if obj["Key"].endswith(".jsonl.gz")
+        ]
+
+    def _keys(self, bucket: str, key_range: KeyRange) -> Iterator[dict[str, Any]]:
+        kwargs = {"Bucket": bucket, "Prefix": key_range.prefix}
+        if key_range.start_after:
+            kwargs["StartAfter"] = key_range.start_after
+        for page in self.s3.get_paginator("list_objects_v2").paginate(**kwargs):
+            yield from page.get("Contents", [])
+
+    def loaded_objects(self, ranges: Sequence[KeyRange]) -> set[str]:
+        """The ledger's URLs inside the key ranges (not the whole ledger)."""
+        if not ranges:
+            return set()
+        url_ranges = [
+            (self.source.url(r.prefix), self.source.url(r.start_after) if r.start_after else "") for r in ranges
+        ]
+        return {str(row[0]) for row in self.warehouse.query(loaded_keys_query(url_ranges))}
+
+    def quarantined_objects(self, ranges: Sequence[KeyRange]) -> set[str]:
+        """The URLs of quarantined objects inside the key ranges (their records list beside each other)."""
         urls: set[str] = set()
-        for doc in self.failed_manifests():
-            urls.update(doc["objects"])
+        for r in ranges:
+            records = KeyRange(
+                f"{QUARANTINE_PREFIX}/{r.prefix}", r.start_after and f"{QUARANTINE_PREFIX}/{r.start_after}"
+            )
+            urls.update(
+                self.source.url(self._object_key(obj["Key"])) for obj in self._keys(self.manifest_bucket, records)
+            )
         return urls
-
-    def failed_manifests(self) -> list[dict[str, Any]]:
-        out = []
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.manifest_bucket, Prefix=FAILED_PREFIX)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                out.append(json.loads(self.s3.get_object(Bucket=self.manifest_bucket, Key=obj["Key"])["Body"].read()))
-        return out
 
     def plan(self, objects: Sequence[StagedObject]) -> list[Manifest]:
         """Group objects into manifests: in key order (so per origin region), bounded by count and bytes."""
@@ -201,6 +341,8 @@ class Loader:
         if group:
             manifests.append(Manifest(self.source, tuple(group)))
         return manifests
+
+    # --- loading -----------------------------------------------------------------------------------------------
 
     def load(self, manifest: Manifest) -> None:
         """Write the manifest and its ledger file, and load them in one transaction (raises ``LoadFailed``)."""
@@ -220,59 +362,173 @@ class Loader:
             )
         )
 
-    def run(self, prefix: str = STAGED_PREFIX + "/") -> LoadReport:
-        """One cycle: load every pending object under ``prefix`` (a backfill narrows it)."""
-        report = LoadReport()
+    def run(self, prefix: str | None = None) -> LoadReport:
+        """One cycle: the scheduled window (``prefix`` None), or a backfill of everything not loaded under it."""
+        prefix = prefix or None
+        cycle = _Cycle(LoadReport())
+        report = cycle.report
         self.ensure_schema()
-        objects = self.pending(prefix)
+        marks = self.watermarks() if prefix is None else {}
+        ranges = self.ranges(marks) if prefix is None else [KeyRange(prefix)]
+        listed, objects = self._pending(ranges)
         manifests = self.plan(objects)
-        report.pending_objects, report.manifests = len(objects), len(manifests)
-        for manifest in manifests:
-            report.copies += 1
-            try:
-                self.load(manifest)
-            except LoadFailed as exc:
-                if exc.retryable:
-                    report.deferred = f"{manifest.key}: {exc}"
-                    logger.warning(
-                        "load deferred to the next cycle", extra={"manifest": manifest.key, "error": str(exc)}
-                    )
-                    break
-                report.failed.append(self.quarantine(manifest, exc))
-                continue
-            report.loaded_manifests.append(manifest.key)
-            report.loaded_objects += len(manifest.objects)
-        loaded = {o.url for m in manifests if m.key in report.loaded_manifests for o in m.objects}
-        left = [o.modified_s for o in objects if o.url not in loaded and o.modified_s]
-        report.oldest_pending_age_s = round(time.time() - min(left), 1) if left else 0.0
+        report.listed_objects, report.pending_objects, report.manifests = len(listed), len(objects), len(manifests)
+        self._load_all(manifests, cycle)
+        left = [o for o in objects if o.url not in cycle.done]
+        ages = [o.modified_s for o in left if o.modified_s]
+        report.oldest_pending_age_s = round(self.clock() - min(ages), 1) if ages else 0.0
+        if prefix is None:
+            self._advance(marks, ranges, listed, left)
         return report
 
-    def quarantine(self, manifest: Manifest, exc: LoadFailed) -> dict[str, Any]:
-        """Keep a permanently failing manifest out of the retry loop, with what the warehouse said."""
+    def _load_all(self, manifests: Sequence[Manifest], cycle: _Cycle) -> None:
+        """Load each manifest, isolating bad objects; stop at a retryable failure (everything left stays pending).
+        Failures pinned on nothing are tried again once something else has loaded in the cycle."""
+        unattributed: list[Manifest] = []
+        current = ""
+        try:
+            for manifest in manifests:
+                current = manifest.key
+                try:
+                    self._load_isolating(manifest.objects, cycle)
+                except _Unattributed:
+                    unattributed.append(manifest)
+            for manifest in list(unattributed) if cycle.report.loaded_objects else []:
+                current = manifest.key
+                self._load_isolating(tuple(o for o in manifest.objects if o.url not in cycle.done), cycle)
+                unattributed.remove(manifest)
+        except LoadFailed as exc:  # only retryable ones get here
+            cycle.report.deferred = f"{current}: {exc}"
+            logger.warning("load deferred to the next cycle", extra={"manifest": current, "error": str(exc)})
+        for manifest in unattributed:
+            cycle.report.unattributed.append(manifest.key)
+            logger.error("load failed permanently, no object to blame: left pending", extra={"manifest": manifest.key})
+
+    def _load_isolating(self, objects: Sequence[StagedObject], cycle: _Cycle) -> None:
+        if objects and (failure := self._attempt(objects, cycle)):
+            self._isolate(objects, failure, cycle)
+
+    def _attempt(self, objects: Sequence[StagedObject], cycle: _Cycle) -> LoadFailed | None:
+        """Load the objects as one manifest: None if it committed, the failure if it is permanent (a retryable
+        one is raised)."""
+        manifest = Manifest(self.source, tuple(objects))
+        cycle.report.copies += 1
+        try:
+            self.load(manifest)
+        except LoadFailed as exc:
+            if exc.retryable:
+                raise
+            logger.warning("load failed permanently", extra={"manifest": manifest.key, "objects": len(objects)})
+            return exc
+        cycle.report.loaded_manifests.append(manifest.key)
+        cycle.report.loaded_objects += len(objects)
+        cycle.done.update(o.url for o in objects)
+        return None
+
+    def _isolate(self, objects: Sequence[StagedObject], failure: LoadFailed, cycle: _Cycle) -> None:
+        """Objects whose load failed permanently: quarantine the bad ones and load the rest."""
+        named = {str(e.get("file") or "").strip() for e in failure.errors}
+        bad = [o for o in objects if o.url in named]
+        if bad:  # the warehouse said which file holds the rejected line
+            for obj in bad:
+                self.quarantine(obj, failure, cycle)
+            self._load_isolating([o for o in objects if o.url not in named], cycle)
+            return
+        if len(objects) == 1:
+            if not cycle.report.loaded_objects:
+                raise _Unattributed(failure)
+            self.quarantine(objects[0], failure, cycle)
+            return
+        half = len(objects) // 2
+        parts = (objects[:half], objects[half:])
+        failures = [self._attempt(part, cycle) for part in parts]
+        if all(failures) and not cycle.report.loaded_objects:
+            raise _Unattributed(failure)
+        for part, part_failure in zip(parts, failures, strict=True):
+            if part_failure:
+                self._isolate(part, part_failure, cycle)
+
+    # --- quarantine --------------------------------------------------------------------------------------------
+
+    def quarantine(self, obj: StagedObject, failure: LoadFailed, cycle: _Cycle) -> dict[str, Any]:
+        """Move a permanently failing object out of the loads: a record of what the warehouse said (at
+        ``quarantine_key``), which keeps it from being pending again until ``reload``. The object stays in place."""
+        errors = [e for e in failure.errors if str(e.get("file") or "").strip() == obj.url] or failure.errors
         doc = {
-            "manifest": manifest.key,
-            "objects": [o.url for o in manifest.objects],
-            "error": str(exc),
-            "errors": exc.errors,
+            "object": obj.url,
+            "key": obj.key,
+            "error": str(failure),
+            "errors": errors,
+            "quarantined_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(),
         }
-        name = manifest.key.rsplit("/", 1)[1]
         self.s3.put_object(
             Bucket=self.manifest_bucket,
-            Key=f"{FAILED_PREFIX}/{name}",
+            Key=quarantine_key(obj.key),
             Body=json.dumps(doc, indent=1, default=str).encode(),
             ContentType="application/json",
         )
-        logger.error("load failed permanently; manifest quarantined", extra=doc)
+        cycle.report.failed.append(doc)
+        cycle.done.add(obj.url)
+        logger.error("staged object failed to load; quarantined", extra=doc)
         return doc
 
-    def reload(self, manifest_name: str) -> None:
-        """Operator action: take a quarantined manifest out of quarantine and load it again."""
-        key = f"{FAILED_PREFIX}/{manifest_name}"
-        doc = json.loads(self.s3.get_object(Bucket=self.manifest_bucket, Key=key)["Body"].read())
-        loaded = self.loaded_objects()
-        by_url = {o.url: o for o in self.staged() if o.url not in loaded}
-        objects = tuple(by_url[u] for u in doc["objects"] if u in by_url)
-        if not objects:
-            raise LoadFailed(f"{manifest_name}: none of its objects is pending any more", retryable=False)
-        self.load(Manifest(objects[0].source, objects))
-        self.s3.delete_object(Bucket=self.manifest_bucket, Key=key)
+    def quarantine_records(self) -> list[dict[str, Any]]:
+        """Every quarantined object's record (an operator's listing: it reads them all)."""
+        keys = self._keys(self.manifest_bucket, KeyRange(f"{QUARANTINE_PREFIX}/"))
+        return [self._record(obj["Key"]) for obj in keys]
+
+    def quarantine_record(self, name: str) -> dict[str, Any] | None:
+        """The record of one quarantined object (its key, URL or record key), or None."""
+        try:
+            return self._record(quarantine_key(self._object_key(name)))
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+    def _record(self, key: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.s3.get_object(Bucket=self.manifest_bucket, Key=key)["Body"].read())
+        return doc
+
+    def _object_key(self, name: str) -> str:
+        return name.removeprefix(self.source.url("")).removeprefix(f"{QUARANTINE_PREFIX}/").removesuffix(".json")
+
+    def reload(self, name: str) -> None:
+        """Operator action, once the object is fixed in place: load a quarantined object again, then take it out
+        of quarantine (raises ``LoadFailed`` if it still fails; it stays quarantined then)."""
+        key = self._object_key(name)
+        if self.quarantine_record(key) is None:
+            raise LoadFailed(f"{key} is not quarantined", retryable=False)
+        found = [o for o in self._list([KeyRange(key)]) if o.key == key]
+        if not found:
+            raise LoadFailed(f"{key} is no longer staged", retryable=False)
+        self.ensure_schema()
+        self.load(Manifest(self.source, (found[0],)))
+        self.s3.delete_object(Bucket=self.manifest_bucket, Key=quarantine_key(key))
+
+    # --- watermarks --------------------------------------------------------------------------------------------
+
+    def _advance(
+        self,
+        marks: dict[str, str],
+        ranges: Sequence[KeyRange],
+        listed: Sequence[StagedObject],
+        left: Sequence[StagedObject],
+    ) -> None:
+        """Move each origin's watermark up to the oldest hour it left pending, at most ``late_arrival_s`` behind
+        the newest hour listed (or now, if that is earlier). Never down: a lower mark is safe but lists more."""
+        now = _partition_at(self.clock())
+        moved: dict[str, str] = {}
+        for r in ranges:
+            seen = [o.partition for o in listed if o.key.startswith(r.prefix)]
+            waiting = [o.partition for o in left if o.key.startswith(r.prefix)]
+            if None in seen or None in waiting or not seen:
+                continue  # a key outside the layout has no hour: keep listing from where this origin is
+            horizon = _shift(min(max(p for p in seen if p), now), -self.late_arrival_s)
+            mark = max(min([horizon, *(p for p in waiting if p)]), marks.get(r.prefix, ""))
+            if mark != marks.get(r.prefix):
+                moved[self.source.url(r.prefix)] = mark
+        if not moved:
+            return
+        try:
+            self.warehouse.execute(watermark_statements(moved))
+        except LoadFailed as exc:  # a hint only: the next cycle lists from the old marks and sets them again
+            logger.warning("watermarks not saved", extra={"error": str(exc), "watermarks": moved})

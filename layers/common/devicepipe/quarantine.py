@@ -4,22 +4,27 @@ S3 rather than SQS: records may be up to 1 MiB (Kinesis' limit) and must keep th
 them cheaply for as long as the lifecycle says, lets operators list them by day and stage, and is
 queryable with Athena. One object per record, with a key derived from the record's shard and sequence
 number, so a replayed batch rewrites the same objects instead of adding copies.
+
+The stream consumers quarantine here too (``quarantine_stream``), under their own stage, the stream records they
+cannot decode (``devicepipe.streams``): the payload is the record as Lambda delivered it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from devicepipe.fanout import fan_out
 from devicepipe.models import format_epoch_s
 from devicepipe.observability import logger
-from devicepipe.retry import Retrier, error_code
+from devicepipe.retry import Deadline, Retrier, error_code
+from devicepipe.streams import Rejected
 
 PREFIX = "quarantine"
 
@@ -89,3 +94,52 @@ class S3Quarantine:
             logger.exception("quarantine write failed", extra={"key": entry.key, "code": error_code(exc)})
             return f"{error_code(exc) or type(exc).__name__}: {exc}"
         return "" if outcome.done else outcome.error
+
+
+def stream_quarantine(s3: S3Client, bucket: str, max_in_flight: int = 16) -> tuple[S3Quarantine, Deadline]:
+    """A stream consumer's quarantine, with the deadline its handler sets per invocation."""
+    deadline = Deadline(lambda: 2**31)  # replaced per invocation by the context's remaining time
+    executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="quarantine")
+    return S3Quarantine(s3, bucket, executor, Retrier(deadline=deadline), max_in_flight), deadline
+
+
+def quarantine_stream(store: S3Quarantine, stage: str, rejected: Sequence[Rejected]) -> set[str]:
+    """Store the stream records a consumer refused, with their reasons; returns the sequence numbers of those
+    that could not be stored, for the partial batch response ("" for a record without one)."""
+    if not rejected:
+        return set()
+    entries = [stream_entry(stage, r) for r in rejected]
+    for entry in entries:
+        logger.warning(
+            "stream record quarantined",
+            extra={"stage": stage, "reason": entry.reason, "sequence_number": entry.sequence_number},
+        )
+    return {rejected[i].sequence_number for i in store.put(entries)}
+
+
+def stream_entry(stage: str, rejected: Rejected) -> QuarantineEntry:
+    """A refused DynamoDB stream record as a quarantine entry.
+
+    Lambda's DynamoDB events name no shard: the stream's label (the end of its ARN) stands in for it, and the key
+    ends in the sequence number (unique within a stream), else the event id, else a digest of the record, so a
+    replayed batch rewrites the same object.
+    """
+    record = _mapping(rejected.record)
+    ddb = _mapping(record.get("dynamodb"))
+    created = ddb.get("ApproximateCreationDateTime")
+    payload = json.dumps(rejected.record, separators=(",", ":"), sort_keys=True, default=str).encode()
+    return QuarantineEntry(
+        stage=stage,
+        reason=rejected.reason,
+        payload=payload,
+        shard_id=str(record.get("eventSourceARN", "")).rpartition("/stream/")[2] or "stream",
+        sequence_number=rejected.sequence_number
+        or str(record.get("eventID") or hashlib.sha256(payload).hexdigest()[:32]),
+        sub_index=None,
+        partition_key=str(_mapping(_mapping(ddb.get("Keys")).get("pk")).get("S", "")),
+        arrival_s=float(created) if isinstance(created, int | float) else time.time(),
+    )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -8,6 +8,9 @@ item whose old image is newer than its new image. Writing the old image back, wi
 ingest, restores the newest reading; that write is now the last writer, so it replicates to every region. A
 repair that finds something newer already there (another region repaired first, or a newer reading arrived)
 is refused by the condition and changes nothing, so repairs are idempotent and cannot move LATEST back.
+
+Records are read through ``devicepipe.streams``, as the cache and the stager read them: a LATEST change whose
+images break the item contract is no regression here; the cache updater quarantines it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicepipe.dynamo import DynamoWriter, Item
-from devicepipe.models import LATEST_SK
+from devicepipe.streams import Change, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +46,20 @@ class RepairResult:
 
 def regressions(records: Sequence[dict[str, Any]]) -> list[Regression]:
     """Every device whose LATEST item a record of the batch moved back, with the newest image seen lost."""
+    return regressions_in(decode(records).changes)
+
+
+def regressions_in(changes: Sequence[Change]) -> list[Regression]:
+    """``regressions`` of a batch already decoded."""
     found: dict[str, Regression] = {}
-    for record in records:
-        ddb = record["dynamodb"]
-        if record.get("eventName") != "MODIFY" or ddb["Keys"].get("sk", {}).get("S") != LATEST_SK:
+    for change in changes:
+        old, new = change.old, change.new
+        if change.event_name != "MODIFY" or not change.is_latest or old is None or new is None:
             continue
-        old, new = ddb.get("OldImage"), ddb.get("NewImage")
-        if not old or not new or "latest_at" not in old or "latest_at" not in new:
+        if old["latest_at"] <= new["latest_at"]:
             continue
-        if old["latest_at"]["S"] <= new["latest_at"]["S"]:
-            continue
-        regression = Regression(old["device_id"]["S"], old, ddb["SequenceNumber"])
+        # The image as stored, attribute for attribute: nothing of it passes through Python values.
+        regression = Regression(old["device_id"], change.record["dynamodb"]["OldImage"], change.sequence_number)
         previous = found.get(regression.device_id)
         if previous is None or previous.version < regression.version:
             found[regression.device_id] = regression

@@ -11,6 +11,10 @@ One load is one transaction (Data API ``BatchExecuteStatement`` runs its stateme
 
 A repeated or retried load of the same manifest therefore changes no row (MERGE on the key), and either all of
 it happens or none (a cancelled or failed statement rolls the transaction back).
+
+What a cycle reads stays bounded by time, not by history: ``loaded_keys_query`` reads the ledger only inside the key
+ranges the cycle listed (``loaded_objects`` is sorted on its key, so Redshift's zone maps skip the rest), and
+``load_watermark`` keeps, per origin prefix, the oldest hour partition a cycle still has to list.
 """
 
 from __future__ import annotations
@@ -44,10 +48,21 @@ DDL = [
     object_count INTEGER NOT NULL,
     PRIMARY KEY (manifest_key)
 )""",
+    # Sorted on the key: a cycle reads only the key ranges it listed, and with "a range-restricted predicate, the
+    # query processor can use the min and max values [of each block] to rapidly skip over large numbers of blocks"
+    # (https://docs.aws.amazon.com/redshift/latest/dg/t_Sorting_data.html).
     """CREATE TABLE IF NOT EXISTS loaded_objects (
     object_key VARCHAR(1024) NOT NULL,
     manifest_key VARCHAR(1024) NOT NULL,
     PRIMARY KEY (object_key)
+) SORTKEY (object_key)""",
+    # Per origin prefix (s3://bucket/readings/origin=<region>/): the oldest hour partition that may still hold an
+    # object to load (``dt=YYYY-MM-DD/hour=HH``); a cycle lists from there. A hint only: lower lists more.
+    """CREATE TABLE IF NOT EXISTS load_watermark (
+    staging_prefix VARCHAR(1024) NOT NULL,
+    partition_from VARCHAR(32) NOT NULL,
+    updated_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (staging_prefix)
 )""",
 ]
 # Rows keep the staged JSON's names (COPY FORMAT JSON 'auto' maps keys to columns by name).
@@ -99,6 +114,13 @@ LOADED_OBJECTS = [
     " SELECT so.object_key, '{manifest_key}' FROM stage_objects AS so",
 ]
 LOADED_KEYS = "SELECT object_key FROM loaded_objects"
+WATERMARKS = "SELECT staging_prefix, partition_from FROM load_watermark"
+# Delete-then-insert under the lock, as for the ledger (Redshift does not enforce primary keys).
+SET_WATERMARK = [
+    "DELETE FROM load_watermark WHERE staging_prefix = '{prefix}'",
+    "INSERT INTO load_watermark (staging_prefix, partition_from, updated_at)"
+    " VALUES ('{prefix}', '{partition}', GETDATE())",
+]
 LOAD_ERRORS = """SELECT file_name, line_number, column_name, error_message
 FROM sys_load_error_detail WHERE query_id = {query_id} ORDER BY line_number LIMIT 20"""
 BRANCH_REPORT = """SELECT branch_id, COUNT(*) AS readings, COUNT(DISTINCT device_id) AS devices, MAX(ts) AS last_seen
@@ -130,6 +152,33 @@ def load_statements(
         COPY_OBJECTS.format(ledger_url=quote(ledger_url), role_arn=quote(role_arn)),
         *(s.format(manifest_key=key) for s in LOADED_OBJECTS),
     ]
+
+
+def key_range(column: str, prefix: str, start_after: str = "") -> str:
+    """A predicate for ``column`` values under ``prefix`` (and after ``start_after``, if given): a range, not a
+    LIKE, so that a sort key's zone maps apply and no key character is read as a wildcard."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # every string that starts with prefix sorts below it
+    low = f"{column} > '{quote(start_after)}'" if start_after else f"{column} >= '{quote(prefix)}'"
+    return f"({low} AND {column} < '{quote(end)}')"
+
+
+def loaded_keys_query(ranges: Sequence[tuple[str, str]]) -> str:
+    """The ledger's keys inside the listed ``(prefix, start_after)`` ranges (full ``s3://`` URLs): what a cycle
+    reads of the ledger, bounded by what it listed, not by everything ever loaded."""
+    return f"{LOADED_KEYS} WHERE " + " OR ".join(key_range("object_key", p, s) for p, s in ranges)
+
+
+def watermarks_query(prefix: str) -> str:
+    """The watermarks of the origin prefixes under ``prefix`` (an ``s3://bucket/readings/`` URL)."""
+    return f"{WATERMARKS} WHERE {key_range('staging_prefix', prefix)}"
+
+
+def watermark_statements(marks: dict[str, str]) -> list[str]:
+    """One transaction setting each origin prefix's watermark, serialised with loads by the ledger lock."""
+    statements = ["LOCK load_ledger"]
+    for prefix, partition in sorted(marks.items()):
+        statements += [s.format(prefix=quote(prefix), partition=quote(partition)) for s in SET_WATERMARK]
+    return statements
 
 
 def ledger_document(objects: Sequence[str]) -> bytes:
