@@ -7,10 +7,11 @@ PYTHON ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versi
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv test lint typecheck template security bench demo build package clean
+.PHONY: help venv test lint typecheck template security bench demo chaos build package clean
 
 help:
 	@echo "make demo   - run the whole pipeline end to end on the local stack and check it (REGIONS=a,b: both)"
+	@echo "make chaos  - the local stack under load while workers, Redis and the loader are killed, then checked (2-3 min)"
 	@echo "make test   - lint, type-check, template checks and the whole test suite (what CI runs)"
 	@echo "make bench  - benchmarks, each printed as a ratio against its baseline"
 	@echo "make build  - sam build (needs Python 3.13)"
@@ -54,6 +55,10 @@ test: lint typecheck template security package
 # make demo REGIONS=us-east-1,eu-west-1 runs it across both regions (replication, conflicts, both caches).
 demo: venv
 	$(BIN)/devicepipe local demo $(if $(REGIONS),--regions $(REGIONS))
+
+# Not part of `make test` (it takes minutes): SEED=n repeats a run's faults, CHAOS_ARGS passes more options.
+chaos: venv
+	$(BIN)/devicepipe local chaos $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 bench: venv
 	$(BIN)/python -m benchmarks

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import MutableMapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
+    _accept_aws_region()
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -62,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         print("devicepipe: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _accept_aws_region(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Take the region from ``AWS_REGION`` as well: boto3 reads only ``AWS_DEFAULT_REGION`` (or the profile), while
+    Lambda, the AWS CLI v2 and the other SDKs read ``AWS_REGION``, which wins there and so here too. Set in the
+    environment, it reaches every client of the command and the processes it starts."""
+    if region := environ.get("AWS_REGION"):
+        environ["AWS_DEFAULT_REGION"] = region
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,24 +110,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
     p.set_defaults(run=_produce)
 
-    p = sub.add_parser("local", help="the local stack: up | down | status | demo | outage | recover | report")
+    p = sub.add_parser("local", help="the local stack: up | down | status | env | demo | outage | recover | report")
     lsub = p.add_subparsers(required=True, metavar="ACTION")
     for name, run, text in (
         ("up", _local_up, "start the local stack in the background"),
         ("down", _local_down, "stop it"),
-        ("status", _local_status, "show its resources, event source mappings and replication"),
+        ("status", _local_status, "show its resources, event source mappings, loader and replication"),
+        (
+            "env",
+            _local_env,
+            "print the environment for the AWS CLI, boto3, redis-cli, psql, duckdb (docs/local-stack.md)",
+        ),
         ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it"),
+        ("chaos", _local_chaos, "kill its processes at random under load on a fresh stack, then check it"),
         ("outage", _local_outage, "take one region of the running stack down (503s, functions stop)"),
         ("recover", _local_outage, "bring a region that is down back up"),
         ("report", _local_report, "run the branch reports now (ReportFunction's run, on the local warehouse)"),
     ):
         a = lsub.add_parser(name, help=text)
         a.add_argument(
-            "--state-dir", type=Path, default=stack.STATE_DIR if name != "demo" else None, help=argparse.SUPPRESS
+            "--state-dir",
+            type=Path,
+            default=None if name in ("demo", "chaos") else stack.STATE_DIR,
+            help=argparse.SUPPRESS,
         )
         a.set_defaults(run=run, action_name=name)
         if name in ("outage", "recover"):
             a.add_argument("region")
+        if name == "env":
+            a.add_argument("--region", help="the stack's region to print (default: its first)")
+            a.add_argument("--json", action="store_true", help="one JSON object instead of export lines")
+        if name == "up":
+            a.add_argument(
+                "--port",
+                type=_port,
+                help="fixed ports: moto on PORT, Redis PORT+1, the registry PORT+2, each region's read API PORT+3 "
+                "on (default: free ports)",
+            )
         if name == "report":
             a.add_argument("--period", help="a day, YYYY-MM-DD (default: each branch's last two finished days)")
             a.add_argument("--branch", action="append", default=[], help="this branch only (repeatable)")
@@ -142,10 +171,16 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
             a.add_argument("--timeout", type=float, default=600, help="seconds to wait for draining")
             a.add_argument("--json", action="store_true", help="print the figures as JSON too")
+        if name == "chaos":
+            a.add_argument("--duration", type=_positive_float, default=90, help="seconds of load (default 90)")
+            a.add_argument("--rate", type=_positive_float, default=50, help="readings per second (default 50)")
+            a.add_argument("--fault-every", type=_positive_float, default=6, help="mean seconds between faults")
+            a.add_argument("--seed", type=int, help="repeat a run's faults (default: a new seed, printed)")
+            a.add_argument("--timeout", type=float, default=300, help="seconds to wait for draining")
 
-    p = sub.add_parser("loads", help="warehouse loads: list | errors MANIFEST | reload MANIFEST")
+    p = sub.add_parser("loads", help="warehouse loads: list | errors OBJECT | reload OBJECT")
     p.add_argument("action", choices=["list", "errors", "reload"])
-    p.add_argument("manifest", nargs="?", help="manifest file name (as `loads list` shows it)")
+    p.add_argument("object", nargs="?", help="a quarantined staged object's key (as `loads list` shows it)")
     p.add_argument("--local", action="store_true", help="the local stack's warehouse (DuckDB)")
     p.add_argument("--workgroup", help="Redshift Serverless workgroup (AWS)")
     p.add_argument("--database", default="devicepipe", help="database (AWS; default devicepipe)")
@@ -280,6 +315,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1024 <= value <= 65_000:
+        raise argparse.ArgumentTypeError("must be a port from 1024 to 65000")
+    return value
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -398,7 +440,9 @@ def _regions(text: str) -> tuple[str, ...]:
 
 
 def _local_up(args: argparse.Namespace) -> int:
-    state = stack.up(_regions(args.regions), args.state_dir, replication_delay_s=args.replication_delay_ms / 1000)
+    state = stack.up(
+        _regions(args.regions), args.state_dir, replication_delay_s=args.replication_delay_ms / 1000, port=args.port
+    )
     print(f"local stack up: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
     print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
     _print_api_urls(state)
@@ -406,6 +450,15 @@ def _local_up(args: argparse.Namespace) -> int:
         for logical_id, name in res["names"].items():
             if logical_id in ("ReadingsStream", "ReadingsTable", "QuarantineBucket", "IngestFailureQueue"):
                 print(f"  {region}  {logical_id:20s} {name}")
+    print('  for the AWS CLI, redis-cli, psql, duckdb, curl: eval "$(devicepipe local env)" (docs/local-stack.md)')
+    return EXIT_OK
+
+
+def _local_env(args: argparse.Namespace) -> int:
+    from devicepipe_tools.local.env import client_env, render
+
+    state = stack.read_state(args.state_dir)
+    print(render(client_env(state, args.region or next(iter(state["regions"]))), as_json=args.json))
     return EXIT_OK
 
 
@@ -424,6 +477,7 @@ def _local_status(args: argparse.Namespace) -> int:
     print(f"local stack: {state['endpoint']} (pid {state['pid']}), regions {', '.join(state['regions'])}")
     print(f"  redis ({state['redis_kind']}): " + ", ".join(f"{r} {url}" for r, url in state["redis_urls"].items()))
     _print_api_urls(state)
+    print("\n".join(stack.process_lines(state)))
     for name, s in stack.mapping_stats(args.state_dir).items():
         lat = s["latency_ms"]
         print(
@@ -433,6 +487,10 @@ def _local_status(args: argparse.Namespace) -> int:
             f"p99 {lat['p99']} ms, {'drained' if s['drained'] else 'busy'}"
             + (f"; last error: {s['last_error']}" if s["last_error"] else "")
         )
+    from devicepipe_tools.local.loader_worker import status_lines
+
+    for line in status_lines(args.state_dir):
+        print(line)
     if down := down_regions(args.state_dir):
         print(f"  regions down: {', '.join(sorted(down))}")
     if r := stack.replication_stats(args.state_dir):
@@ -441,7 +499,7 @@ def _local_status(args: argparse.Namespace) -> int:
             f"superseded by a later write, {r['pending']} pending, {r['held_for_down_regions']} held for regions "
             f"down; lag p50 {r['lag_ms']['p50']} ms p99 {r['lag_ms']['p99']} ms"
         )
-    return EXIT_OK
+    return EXIT_FAILED if any(p.get("gave_up") for p in state.get("processes", [])) else EXIT_OK
 
 
 def _local_outage(args: argparse.Namespace) -> int:
@@ -498,6 +556,21 @@ def _local_demo(args: argparse.Namespace) -> int:
     print(render(result))
     if args.json:
         print(json.dumps(result.figures, indent=1))
+    return EXIT_OK if result.consistent else EXIT_FAILED
+
+
+def _local_chaos(args: argparse.Namespace) -> int:
+    from devicepipe_tools.local.chaos import CHAOS_DIR, render, run_chaos
+
+    result = run_chaos(
+        duration_s=args.duration,
+        rate=args.rate,
+        fault_every_s=args.fault_every,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        state_dir=args.state_dir or CHAOS_DIR,
+    )
+    print(render(result))
     return EXIT_OK if result.consistent else EXIT_FAILED
 
 
@@ -565,13 +638,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- loads
 def _loads(args: argparse.Namespace) -> int:
-    from devicepipe.loader import FAILED_PREFIX, Loader, Source
+    from devicepipe.loader import Loader, Source
     from devicepipe.warehouse import LoadFailed, RedshiftDataApi
 
     if args.local:
         from devicepipe_tools.local.loader_worker import build_loader
 
-        loader = build_loader(stack.read_state(args.state_dir), args.state_dir)
+        # Listing reads the readers' snapshot: it never waits for the loader, nor makes the loader wait.
+        loader = build_loader(stack.read_state(args.state_dir), args.state_dir, snapshot=args.action == "list")
     else:
         missing = [f for f in ("workgroup", "staging_bucket", "region") if not getattr(args, f)]
         if missing:
@@ -591,39 +665,39 @@ def _loads(args: argparse.Namespace) -> int:
         print(f"pending: {len(pending)} staged objects in {len(loader.plan(pending))} manifests")
         for obj in pending[:10]:
             print(f"  {obj.url}  {obj.size} bytes")
+        ((count,),) = loader.warehouse.query("SELECT COUNT(*) FROM load_ledger") or [(0,)]
         loaded = loader.warehouse.query(
-            "SELECT manifest_key, loaded_at, object_count FROM load_ledger ORDER BY loaded_at"
+            "SELECT manifest_key, loaded_at, object_count FROM load_ledger ORDER BY loaded_at DESC LIMIT 10"
         )
-        print(f"loaded: {len(loaded)} manifests")
-        for key, at, count in loaded[-10:]:
-            print(f"  {key}  {at}  {count} objects")
-        failed = loader.failed_manifests()
-        print(f"failed: {len(failed)} manifests (see `devicepipe loads errors NAME`)")
-        for doc in failed:
-            print(f"  {doc['manifest'].rsplit('/', 1)[1]}  {len(doc['objects'])} objects  {doc['error'][:100]}")
+        print(f"loaded: {count} manifests")
+        for key, at, n in reversed(loaded):
+            print(f"  {key}  {at}  {n} objects")
+        quarantined = loader.quarantine_records()
+        print(f"quarantined: {len(quarantined)} objects (`loads errors KEY`; fix the object, then `loads reload KEY`)")
+        for doc in quarantined:
+            first = (doc["errors"] or [{"line": "?", "reason": doc["error"]}])[0]
+            print(f"  {doc['key']}  line {first['line']}: {str(first['reason'])[:100]}")
         return EXIT_OK
-    if not args.manifest:
-        print(f"devicepipe: loads {args.action} needs a manifest name", file=sys.stderr)
+    if not args.object:
+        print(f"devicepipe: loads {args.action} needs a quarantined object's key", file=sys.stderr)
         return EXIT_USAGE
     if args.action == "errors":
-        try:
-            body = loader.s3.get_object(Bucket=loader.manifest_bucket, Key=f"{FAILED_PREFIX}/{args.manifest}")["Body"]
-        except loader.s3.exceptions.NoSuchKey:
-            print(f"devicepipe: no failed manifest {args.manifest}", file=sys.stderr)
+        record = loader.quarantine_record(args.object)
+        if record is None:
+            print(f"devicepipe: no quarantined object {args.object}", file=sys.stderr)
             return EXIT_USAGE
-        doc = json.loads(body.read())
-        print(f"{doc['manifest']}: {doc['error']}")
-        for e in doc["errors"] or [{"file": "?", "line": "?", "column": "?", "reason": doc["error"]}]:
+        print(f"{record['object']} (quarantined {record['quarantined_at']}): {record['error']}")
+        for e in record["errors"] or [{"file": "?", "line": "?", "column": "?", "reason": record["error"]}]:
             print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}")
         return EXIT_OK
     try:
-        loader.reload(args.manifest)
+        loader.reload(args.object)
     except LoadFailed as exc:
         print(f"devicepipe: reload failed: {exc}", file=sys.stderr)
         for e in exc.errors:
             print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{args.manifest} loaded")
+    print(f"{args.object} loaded")
     return EXIT_OK
 
 

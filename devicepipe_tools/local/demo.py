@@ -27,7 +27,7 @@ from devicepipe.registry import import_registry
 from devicepipe.repair import regressions
 from devicepipe.warehouse import BRANCH_REPORT
 from devicepipe_tools.fleet import fleet_registry
-from devicepipe_tools.local import stack
+from devicepipe_tools.local import files, stack, stage_latency
 from devicepipe_tools.local.demo_reads import (
     FRESHNESS_GOAL_S,
     HIT_RATIO_GOAL,
@@ -183,6 +183,8 @@ def run_demo(
             result.figures[consumer] = _mapping_figures(stats, consumer)
         say("reading it back through each region's API ...")
         _verify_api(result, state, regions, docs, clients, resources)
+        say("timing one reading from PutRecord to each store ...")
+        result.figures["stage_latency_s"] = stage_latency.measure(state, state_dir)["seconds"]
         result.figures["total_s"] = round(time.monotonic() - t0, 1)
     finally:
         if keep:
@@ -447,10 +449,10 @@ def _verify_warehouse(
     deadline = time.monotonic() + timeout_s
     stats: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        path = state_dir / "loader.json"
+        path = state_dir / files.LOADER
         stats = json.loads(path.read_text()) if path.exists() else {}
         if (
-            stats.get("objects_loaded", 0) + stats.get("failed_manifests", 0) >= staged
+            stats.get("objects_loaded", 0) + stats.get("quarantined_objects", 0) >= staged
             and stats["last"].get("pending_objects") == 0
         ):
             break
@@ -472,7 +474,7 @@ def _verify_warehouse(
         warehouse_rows=len(after),
         load_cycles=stats.get("cycles"),
         copy_statements=stats.get("copies"),
-        warehouse_failed_manifests=stats.get("failed_manifests"),
+        warehouse_quarantined_objects=stats.get("quarantined_objects"),
         # the other regions' staged objects copied into the primary's bucket (S3 replication's stand-in)
         staging_replicated=stats.get("staging_replicated"),
         branch_report=[(b, n, d, str(last)) for b, n, d, last in loader.warehouse.query(BRANCH_REPORT)],
@@ -553,6 +555,7 @@ def render(result: DemoResult) -> str:
             else []
         ),
         f"latency (stream -> stored)  p50 {lat.get('p50')} ms   p99 {lat.get('p99')} ms   max {lat.get('max')} ms",
+        *([stage_latency.line(f["stage_latency_s"])] if "stage_latency_s" in f else []),
         *(
             f"freshness{label(r, tuple(f['freshness_ms']))} (PutRecords -> API latest, pipeline idle)  "
             f"p50 {v.get('p50')} ms   "

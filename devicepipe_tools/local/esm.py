@@ -6,6 +6,13 @@ FunctionResponseTypes (ReportBatchItemFailures: checkpoint before the lowest rep
 BisectBatchOnFunctionError, MaximumRetryAttempts, MaximumRecordAgeInSeconds and the on-failure destination
 (an SQS message in Lambda's format). Records of one shard are processed in order, one batch at a time.
 
+Each shard's position is checkpointed (``Checkpoints``: a file per mapping in the stack's state directory) after
+each batch, and before it with the batch's last record, so that a worker restarted after `kill -9` resumes where
+its predecessor stopped and first delivers the batch that was in flight again, as it was: at least once, as
+Lambda's retries are (the handlers are idempotent, and the stager writes the same object again). The mapping's
+counters are kept with the positions, so that a restarted worker counts on from them: what it delivers again
+is counted twice, nothing is left out.
+
 Not reproduced: resharding after start-up, ParallelizationFactor > 1, tumbling windows, enhanced fan-out.
 """
 
@@ -19,11 +26,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from devicepipe_tools.events import kinesis_record
+from devicepipe_tools.local.files import read_json, write_json
 from devicepipe_tools.stats import summary_ms
 
 Invoke = Callable[[dict[str, Any]], Any]
@@ -138,10 +147,11 @@ class KinesisSource:
     def shards(self) -> list[str]:
         return [s["ShardId"] for s in self.client.list_shards(StreamName=self.stream)["Shards"]]
 
-    def iterator(self, shard: str, position: str) -> str:
-        it: str = self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard, ShardIteratorType=position)[
-            "ShardIterator"
-        ]
+    def iterator(self, shard: str, position: str, after: str | None = None) -> str:
+        where = {"ShardIteratorType": position}
+        if after is not None:
+            where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": after}
+        it: str = self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard, **where)["ShardIterator"]
         return it
 
     def get(self, iterator: str, limit: int, shard: str) -> tuple[list[StreamRecord], str | None]:
@@ -176,10 +186,11 @@ class DynamoDBStreamSource:
         desc = self.client.describe_stream(StreamArn=self.arn)["StreamDescription"]
         return [s["ShardId"] for s in desc["Shards"]]
 
-    def iterator(self, shard: str, position: str) -> str:
-        it: str = self.client.get_shard_iterator(StreamArn=self.arn, ShardId=shard, ShardIteratorType=position)[
-            "ShardIterator"
-        ]
+    def iterator(self, shard: str, position: str, after: str | None = None) -> str:
+        where = {"ShardIteratorType": position}
+        if after is not None:
+            where = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        it: str = self.client.get_shard_iterator(StreamArn=self.arn, ShardId=shard, **where)["ShardIterator"]
         return it
 
     def get(self, iterator: str, limit: int, shard: str) -> tuple[list[StreamRecord], str | None]:
@@ -242,6 +253,57 @@ class MappingStats:
         out["latency_ms"] = summary_ms(self.latencies_s)
         return out
 
+    def counters(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "int"}
+
+    @classmethod
+    def counting_from(cls, counters: dict[str, int]) -> MappingStats:
+        """Statistics that count on from ``counters`` (a restarted worker's predecessor's, as checkpointed)."""
+        stats = cls()
+        for name in stats.counters():
+            setattr(stats, name, int(counters.get(name, 0)))
+        return stats
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a shard stands: every record through ``after`` is handled (done, filtered out or given up), and
+    ``through`` is the last record of the batch in flight, if any."""
+
+    after: str | None = None
+    through: str | None = None
+
+
+class Checkpoints:
+    """Each shard's ``Position`` and the mapping's counters as of then, kept in the JSON file ``path`` if given
+    (else in memory only)."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        saved = read_json(path) if path else {}
+        self._positions = {shard: Position(**p) for shard, p in saved.get("shards", {}).items()}
+        self.counters: dict[str, int] = saved.get("counters", {})
+
+    def get(self, shard: str) -> Position:
+        with self._lock:
+            return self._positions.get(shard, Position())
+
+    def save(self, shard: str, position: Position, counters: dict[str, int]) -> None:
+        with self._lock:
+            if self._positions.get(shard) == position:
+                return  # a retry of the batch in flight: nothing new to keep
+            self._positions[shard], self.counters = position, counters
+            if self.path:
+                shards = {s: asdict(p) for s, p in self._positions.items()}
+                write_json(self.path, {"shards": shards, "counters": counters})
+
+
+@dataclass
+class _Batch:
+    records: list[StreamRecord]  # what the function gets (filtered)
+    through: str  # the sequence number of the last record polled for it, filtered out or not
+
 
 class EventSourceMapping:
     """Polls a source's shards and invokes a function with Lambda's batching and failure rules.
@@ -262,6 +324,9 @@ class EventSourceMapping:
         Base of the jittered exponential pause before a retry (capped at 2 s).
     paused
         True while the mapping's region is down (``local outage``): nothing is polled or invoked meanwhile.
+    checkpoints
+        Where each shard stands, to resume from, and the counters to count on from (a file of the stack's state
+        directory for the local stack's workers).
     """
 
     def __init__(
@@ -274,6 +339,7 @@ class EventSourceMapping:
         retry_base_s: float = 0.05,
         clock: Callable[[], float] = time.time,
         paused: Callable[[], bool] = lambda: False,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.spec = spec
         self.paused = paused
@@ -283,7 +349,8 @@ class EventSourceMapping:
         self.poll_interval_s = poll_interval_s
         self.retry_base_s = retry_base_s
         self.clock = clock
-        self.stats = MappingStats()
+        self.checkpoints = checkpoints or Checkpoints()
+        self.stats = MappingStats.counting_from(self.checkpoints.counters)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -308,8 +375,11 @@ class EventSourceMapping:
 
     # -- one shard
     def _run_shard(self, shard: str) -> None:
-        iterator: str | None = self.source.iterator(shard, self.spec.starting_position)
-        pending: deque[list[StreamRecord]] = deque()  # batches to (re)deliver, in order
+        start = self.checkpoints.get(shard)
+        replay = start.through  # the batch in flight when the previous worker stopped: it goes out first, as it was
+        iterator: str | None = None
+        opened = False
+        pending: deque[_Batch] = deque()  # batches to (re)deliver, in order
         buffer: list[StreamRecord] = []
         first_buffered = 0.0
         while not self._stop.is_set():
@@ -317,6 +387,8 @@ class EventSourceMapping:
                 self._stop.wait(self.poll_interval_s)
                 continue
             try:
+                if not opened:
+                    iterator, opened = self._open(shard, start.after), True
                 if pending:
                     self._deliver(shard, pending)
                     continue
@@ -326,14 +398,9 @@ class EventSourceMapping:
                 if got and not buffer:
                     first_buffered = self.clock()
                 buffer += got
-                full = len(buffer) >= self.spec.batch_size
-                # Without a batching window a batch goes out after each poll that found records.
-                window_over = bool(buffer) and self.clock() - first_buffered >= self.spec.window_s
-                if full or window_over:
-                    batch = self._filter(buffer)
-                    buffer = []
-                    if batch:
-                        pending.append(batch)
+                if size := self._next_batch(buffer, first_buffered, replay, polled=bool(got)):
+                    raw, buffer, replay, first_buffered = buffer[:size], buffer[size:], None, self.clock()
+                    self._queue(shard, pending, _Batch(self._filter(raw), raw[-1].sequence_number))
                     continue
                 with self._lock:
                     self.stats.shards[shard] = {"idle": not got and not buffer, "pending": len(buffer)}
@@ -344,6 +411,35 @@ class EventSourceMapping:
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(1.0)
 
+    def _checkpoint(self, shard: str, position: Position) -> None:
+        with self._lock:
+            counters = self.stats.counters()
+        self.checkpoints.save(shard, position, counters)
+
+    def _open(self, shard: str, after: str | None) -> str:
+        """The shard's iterator: after its checkpoint if any, else at the mapping's starting position."""
+        it: str = self.source.iterator(shard, self.spec.starting_position, *(() if after is None else (after,)))
+        return it
+
+    def _next_batch(self, buffer: list[StreamRecord], since: float, replay: str | None, polled: bool) -> int:
+        """How many buffered records go out as the next batch now (0: none yet). ``replay``: the last record of the
+        batch a restarted worker delivers first, as it was (up to it, once polled, whatever the window)."""
+        if replay is not None:
+            through = sum(1 for r in buffer if int(r.sequence_number) <= int(replay))
+            if through < len(buffer) or not polled:  # polled past it, or nothing more to poll
+                return through or len(buffer)
+            return through if buffer and buffer[-1].sequence_number == replay else 0
+        full = len(buffer) >= self.spec.batch_size
+        # Without a batching window a batch goes out after each poll that found records.
+        window_over = bool(buffer) and self.clock() - since >= self.spec.window_s
+        return len(buffer) if full or window_over else 0
+
+    def _queue(self, shard: str, pending: deque[_Batch], batch: _Batch) -> None:
+        if batch.records:
+            pending.append(batch)
+        else:  # every record filtered out: handled
+            self._checkpoint(shard, Position(batch.through))
+
     def _filter(self, records: list[StreamRecord]) -> list[StreamRecord]:
         if not self.spec.filters:
             return records
@@ -352,10 +448,12 @@ class EventSourceMapping:
             self.stats.records_filtered += len(records) - len(kept)
         return kept
 
-    def _deliver(self, shard: str, pending: deque[list[StreamRecord]]) -> None:
-        batch = pending.popleft()
+    def _deliver(self, shard: str, pending: deque[_Batch]) -> None:
+        item = pending.popleft()
+        batch = item.records
         with self._lock:
-            self.stats.shards[shard] = {"idle": False, "pending": sum(map(len, pending)) + len(batch)}
+            self.stats.shards[shard] = {"idle": False, "pending": sum(len(b.records) for b in pending) + len(batch)}
+        self._checkpoint(shard, Position(self.checkpoints.get(shard).after, item.through))  # in flight
         if self.spec.max_age_s >= 0:
             now = self.clock()
             expired = [r for r in batch if now - r.arrival_s > self.spec.max_age_s]
@@ -363,28 +461,33 @@ class EventSourceMapping:
                 self._give_up(shard, expired, "RecordAgeExceeded")
                 batch = [r for r in batch if now - r.arrival_s <= self.spec.max_age_s]
                 if not batch:
+                    self._checkpoint(shard, Position(item.through))
                     return
         failed_from, function_error = self._invoke(batch)
         if failed_from is None:
             self._done(batch)
+            self._checkpoint(shard, Position(item.through))
             return
         done, rest = batch[:failed_from], batch[failed_from:]
         self._done(done)
+        if done:  # Lambda checkpoints before the lowest reported failure
+            self._checkpoint(shard, Position(done[-1].sequence_number, item.through))
         for r in rest:
             r.attempts += 1
         with self._lock:
             self.stats.retried_records += len(rest)
         if self.spec.max_retries >= 0 and max(r.attempts for r in rest) > self.spec.max_retries:
             self._give_up(shard, rest, "RetryAttemptsExhausted")
+            self._checkpoint(shard, Position(item.through))
             return
         if function_error and self.spec.bisect and len(rest) > 1:
             half = len(rest) // 2
-            pending.appendleft(rest[half:])
-            pending.appendleft(rest[:half])
+            pending.appendleft(_Batch(rest[half:], item.through))
+            pending.appendleft(_Batch(rest[:half], rest[half - 1].sequence_number))
             with self._lock:
                 self.stats.bisects += 1
         else:
-            pending.appendleft(rest)
+            pending.appendleft(_Batch(rest, item.through))
         self._stop.wait(min(2.0, self.retry_base_s * 2 ** min(rest[0].attempts, 6)) * random.random())
 
     def _invoke(self, batch: list[StreamRecord]) -> tuple[int | None, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 
 
 def free_port() -> int:
@@ -31,3 +32,22 @@ def wait_listening(port: int, timeout_s: float = 10) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing started listening on port {port}")
+
+
+def port_plan(base: int, regions: Sequence[str]) -> dict[str, int]:
+    """The fixed ports of ``local up --port base``: moto on ``base``, then Redis, the registry's PostgreSQL and
+    each region's read API, in that order (Redis and the registry take theirs even when given as URLs)."""
+    services = ["moto", "redis", "registry", *(f"read API {region}" for region in regions)]
+    return {service: base + i for i, service in enumerate(services)}
+
+
+def in_use(port: int) -> bool:
+    """Whether a server could not listen on 127.0.0.1:``port`` now. Bound as servers bind (SO_REUSEADDR), so
+    that a connection of an earlier run still in TIME_WAIT does not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from devicepipe_tools.local import files
+
 _REGION_IN_SIGNATURE = re.compile(rb"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
 
 def outages_path(state_dir: Path) -> Path:
-    return state_dir / "outages.json"
+    return state_dir / files.OUTAGES
 
 
 def down_regions(state_dir: Path) -> set[str]:

@@ -24,6 +24,7 @@ from typing import Any
 import pg8000.native
 
 from devicepipe_tools.local.net import free_port
+from devicepipe_tools.local.supervisor import ChildSpec, Spawn, launch
 
 DATABASE = "devicepipe"
 # A throwaway server: durability traded for speed (tests create and drop databases by the dozen).
@@ -41,8 +42,11 @@ class LocalPostgres:
     stop: Callable[[], None]
 
 
-def start_postgres(data_dir: Path, timeout_s: float = 60) -> LocalPostgres:
-    """Start (or find) the PostgreSQL the local stack's registry lives in; reuses ``data_dir``'s cluster if any."""
+def start_postgres(
+    data_dir: Path, timeout_s: float = 60, port: int | None = None, spawn: Spawn = launch
+) -> LocalPostgres:
+    """Start (or find) the PostgreSQL the local stack's registry lives in, on ``port`` or a free one; reuses
+    ``data_dir``'s cluster if any. ``spawn`` starts the server (the stack's supervisor's, to restart it)."""
     if url := os.environ.get("REGISTRY_URL"):
         return LocalPostgres(url, "external", lambda: None)
     bin_dir, kind = find_binaries()
@@ -54,13 +58,19 @@ def start_postgres(data_dir: Path, timeout_s: float = 60) -> LocalPostgres:
         _hand_over(data_dir, user)
     if not (pgdata / "PG_VERSION").exists():
         _initdb(bin_dir, pgdata, user, data_dir)
-    port = free_port()
+    port = port or free_port()
     options = [f"-c{k}={v}" for k, v in _SETTINGS.items()]
     command = [str(bin_dir / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port), "-k", str(sockets)]
-    with (data_dir / "postgres.log").open("ab") as log:
-        server = subprocess.Popen(
-            command + options, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, **_as_user(user)
-        )
+    spec = ChildSpec(
+        "postgres",
+        command + options,
+        cwd=data_dir,
+        log=data_dir / "postgres.log",
+        popen=_as_user(user),
+        stop_signal=signal.SIGINT,  # a fast shutdown
+        death_signal=signal.SIGQUIT,  # orphaned (its supervisor gone), it quits at once: its data goes too
+    )
+    server = spawn(spec)
     stop = _stopper(server)
     try:
         _wait_ready(server, port, timeout_s, data_dir / "postgres.log")

@@ -2,13 +2,15 @@
 
 Started by the stack's supervisor with the region's environment and the function's variables already set.
 Invocations of the function are serialised (one warm container); each shard is still polled and
-checkpointed on its own, as Lambda does.
+checkpointed on its own, as Lambda does. Started again after it died, it resumes from its predecessor's
+checkpoints (``files.CHECKPOINTS``), counting on from the counters kept with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import threading
 import time
@@ -17,11 +19,13 @@ from typing import Any
 
 import boto3
 
-from devicepipe_tools.local.esm import DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
+from devicepipe_tools.local import files
+from devicepipe_tools.local.esm import Checkpoints, DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
+from devicepipe_tools.local.files import write_json
 from devicepipe_tools.local.functions import context_for, function_spec, load_handler
 from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import Resolver
-from devicepipe_tools.local.stack import region_resources, write_json
+from devicepipe_tools.local.stack import region_resources
 from devicepipe_tools.template import load_template
 
 
@@ -55,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     template = load_template()
-    state = json.loads((args.state_dir / "state.json").read_text())
+    state = json.loads((args.state_dir / files.STATE).read_text())
     resolver = Resolver(template, region_resources(state, args.region))
     fn = function_spec(template, args.function)
     handler = load_handler(fn)
@@ -71,8 +75,16 @@ def main() -> None:
         sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(message))
 
     region_down = threading.Event()  # `local outage`: the region's functions stop with it
+    (args.state_dir / files.CHECKPOINTS).mkdir(exist_ok=True)
     mappings = [
-        EventSourceMapping(spec, source_for(spec, args.region), invoke, send, paused=region_down.is_set)
+        EventSourceMapping(
+            spec,
+            source_for(spec, args.region),
+            invoke,
+            send,
+            paused=region_down.is_set,
+            checkpoints=Checkpoints(args.state_dir / files.CHECKPOINTS / f"{args.region}-{spec.logical_id}.json"),
+        )
         for spec in mapping_specs(template, resolver, args.function)
     ]
     stop = threading.Event()
@@ -91,6 +103,7 @@ def main() -> None:
             {
                 "region": args.region,
                 "function": args.function,
+                "pid": os.getpid(),  # statistics count once this process wrote them (`stack.settled`)
                 "updated_at": time.time(),
                 "mappings": {m.spec.logical_id: {**m.stats.snapshot(), "drained": m.drained()} for m in mappings},
             },

@@ -19,8 +19,9 @@ import pytest
 from devicepipe_tools import cli
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.api_server import ApiServer, Route, respond
-from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
+from devicepipe_tools.local.files import WAREHOUSE_SNAPSHOT
 from devicepipe_tools.local.net import free_port
+from devicepipe_tools.local.warehouse_snapshot import reader
 from tests.integration.stack_helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -240,8 +241,16 @@ def test_a_branch_report_from_a_csv_registry_through_the_cli(
 
     day = local["newest"].date()
     on_day = [i for i in range(PER_DEVICE) if (local["newest"] - timedelta(minutes=i)).date() == day]
-    rows = DuckDBWarehouse(folder / "warehouse.duckdb", None)
-    wait_for(lambda: len(rows.query(f"SELECT 1 FROM readings WHERE branch_id = '{BRANCH}'")) == 2 * PER_DEVICE)
+    rows = reader(folder / WAREHOUSE_SNAPSHOT)  # the readers' copy: polling the live file would hold the loader up
+    snapshot = folder / WAREHOUSE_SNAPSHOT
+
+    def loaded() -> bool:
+        return (
+            snapshot.exists()
+            and len(rows.query(f"SELECT 1 FROM readings WHERE branch_id = '{BRANCH}'")) == 2 * PER_DEVICE
+        )
+
+    wait_for(loaded, 120)
 
     assert cli.main(["local", "report", "--period", day.isoformat(), "--state-dir", state_dir]) == cli.EXIT_OK
     assert "1 reports due: 1 written" in capsys.readouterr().out

@@ -78,7 +78,9 @@ def test_evacuating_the_primary_region_producers_and_readers_move_and_nothing_is
 
         wait_for(newest_served, 30)
         # And eu-west-1 staged them in its own bucket, waiting for replication into the primary's
-        wait_for(lambda: bool(staged_keys(both, EU, f"readings/origin={EU}/")), 30)
+        wait_for(
+            lambda: bool(staged_keys(both, EU, f"readings/origin={EU}/")), 90
+        )  # the stager batches for up to 30 s (template)
         assert warehouse_rows(build_loader(both["state"], both["state_dir"]).warehouse, "ev-") == 0
     finally:
         # When us-east-1 comes back
