@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from devicepipe.database import PgDatabase
+from devicepipe.config import RegistrySettings
 from devicepipe.models import parse_reading
-from devicepipe.registry import Registry, load_registry
+from devicepipe.registry import Registry, read_registry
 from devicepipe.report_run import Request
 from devicepipe_tools.local.loader_worker import build_report_replicators, build_report_runtime, run_reports
 from devicepipe_tools.read_client import ReadClient
@@ -134,11 +134,7 @@ def verify_reports(
 ) -> tuple[list[tuple[str, bool, str]], dict[str, Any]]:
     """``(checks, figures)`` of the reports of every day the readings fall on, in every region."""
     checks: list[tuple[str, bool, str]] = []
-    db = PgDatabase.from_url(state["registry_reader_url"])
-    try:
-        stored = load_registry(db)
-    finally:
-        db.close()
+    stored = read_registry(RegistrySettings(url=state["registry_reader_url"]))
     checks.append(_registry_check(stored, registry))
     template = load_template()
     runtime = build_report_runtime(state, state_dir, template)

@@ -38,6 +38,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ import orjson
 import sqlglot
 from sqlglot import exp
 
+from devicepipe.streams import exact_number
 from devicepipe.warehouse import LoadFailed
 from devicepipe_tools.redshift_rules import RuleViolation, copy_parts, guard
 
@@ -209,8 +211,8 @@ def _check_rules(statements: Sequence[str]) -> None:
 
 
 def _rows(url: str, body: bytes, table: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    """The object's rows, each number as the text it was written with (``_Number``); fail like COPY does on a bad
-    object: with the file, line, column and reason."""
+    """The object's rows, each number exact (a ``Decimal``, written back by ``streams.exact_number``); fail like
+    COPY does on a bad object: with the file, line, column and reason."""
     try:
         text = gzip.decompress(body)
     except (OSError, EOFError, zlib.error) as exc:  # a corrupt deflate stream raises zlib.error, not OSError
@@ -218,7 +220,7 @@ def _rows(url: str, body: bytes, table: str, required: Sequence[str]) -> list[di
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            row = json.loads(line, parse_float=_Number, parse_int=_Number)
+            row = json.loads(line, parse_float=Decimal, parse_int=Decimal)
         except ValueError as exc:
             raise _rejected(url, table, number, None, f"invalid JSON: {exc}") from None
         if not isinstance(row, dict):
@@ -238,19 +240,9 @@ def _rejected(url: str, table: str, line: int, column: str | None, reason: str) 
     )
 
 
-class _Number(str):
-    """A JSON number's text as written in the staged line (``json.loads``' ``parse_float``/``parse_int``)."""
-
-
-def _raw(value: Any) -> orjson.Fragment:
-    if isinstance(value, _Number):
-        return orjson.Fragment(value.encode())
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 def _json(value: Any) -> bytes:
-    """JSON with every number written as it was read: digit for digit, whatever its size."""
-    return orjson.dumps(value, default=_raw, option=orjson.OPT_PASSTHROUGH_SUBCLASS)
+    """JSON with every number as it was read, digit for digit, whatever its size (the stager's writer)."""
+    return orjson.dumps(value, default=exact_number)
 
 
 def _stage_line(row: dict[str, Any], supers: set[str]) -> bytes:

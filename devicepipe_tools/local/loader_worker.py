@@ -25,11 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devicepipe.config import ReportSettings
-from devicepipe.database import PgDatabase
+from devicepipe.config import RegistrySettings, ReportSettings
 from devicepipe.delivery import S3_CONFIG
 from devicepipe.loader import Loader, Source
-from devicepipe.registry import Registry, load_registry
+from devicepipe.registry import read_registry
 from devicepipe.report_run import Request, Runtime, run
 from devicepipe.retry import Deadline
 from devicepipe_tools.local import files
@@ -67,14 +66,8 @@ def build_report_runtime(state: dict[str, Any], state_dir: Path, template: dict[
     sns = clients(str(state["endpoint"]), primary, "sns")["sns"]
     warehouse = DuckDBWarehouse(state_dir / files.WAREHOUSE, s3)
 
-    def registry() -> Registry:
-        db = PgDatabase.from_url(state["registry_reader_url"])
-        try:
-            return load_registry(db)
-        finally:
-            db.close()
-
-    return Runtime(settings, warehouse, s3, sns, Deadline.unlimited(), registry)
+    reader = RegistrySettings(url=state["registry_reader_url"])
+    return Runtime(settings, warehouse, s3, sns, Deadline.unlimited(), lambda: read_registry(reader))
 
 
 def build_report_replicators(state: dict[str, Any], template: dict[str, Any]) -> dict[str, StagingReplicator]:

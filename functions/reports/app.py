@@ -20,11 +20,10 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from devicepipe import registry as registry_db
 from devicepipe.config import RegistrySettings, ReportSettings
 from devicepipe.delivery import S3_CONFIG, DeliverySummary
 from devicepipe.observability import logger, metrics, tracer
-from devicepipe.registry import Registry
+from devicepipe.registry import Registry, read_registry
 from devicepipe.report_run import BadRequest, Runtime, parse_request, run
 from devicepipe.retry import Deadline
 from devicepipe.warehouse import RedshiftDataApi
@@ -45,12 +44,8 @@ def _runtime() -> Runtime:
 
 
 def load_registry() -> Registry:
-    """The registry, read afresh each run (it changes) over a connection closed after it."""
-    db = registry_db.connect(RegistrySettings.from_env())
-    try:
-        return registry_db.load_registry(db)
-    finally:
-        db.close()
+    """This region's registry, read afresh each run."""
+    return read_registry(RegistrySettings.from_env())
 
 
 @logger.inject_lambda_context

@@ -446,3 +446,12 @@ def connect(settings: RegistrySettings) -> PgDatabase:
         )
 
     return PgDatabase(open_connection)
+
+
+def read_registry(settings: RegistrySettings) -> Registry:
+    """The whole registry over a connection of its own, closed after it (a run reads it afresh: it changes)."""
+    db = connect(settings)
+    try:
+        return load_registry(db)
+    finally:
+        db.close()
