@@ -98,6 +98,11 @@ def shard_stream(count: int) -> list[dict[str, Any]]:
     ]
 
 
+def stream_record_bytes() -> float:
+    """The mean size of one of ``shard_stream``'s records in Lambda's event (JSON)."""
+    return statistics.mean(len(json.dumps(r, separators=(",", ":"))) for r in shard_stream(200))
+
+
 def staged_object_sizes(records: list[dict[str, Any]], per_object: int) -> list[int]:
     """Gzip bytes of the objects the real Stager writes for consecutive batches of ``per_object`` records."""
     s3 = FakeS3()
@@ -110,8 +115,7 @@ def staged_object_sizes(records: list[dict[str, Any]], per_object: int) -> list[
 def staging_sizes() -> list[tuple[str, float, float, bool]]:
     after = resource(load_template(), "StagerEventSourceMapping")["Properties"]
     per_shard = READINGS_PER_S / SHARDS
-    probe = shard_stream(200)
-    record_bytes = statistics.mean(len(json.dumps(r, separators=(",", ":"))) for r in probe)
+    record_bytes = stream_record_bytes()
     plans = {"before": esm_batch(BEFORE, per_shard, record_bytes), "after": esm_batch(after, per_shard, record_bytes)}
     stream = shard_stream(SAMPLE_OBJECTS * max(p.records for p in plans.values()))
     print(

@@ -13,11 +13,17 @@
    (``moto/s3/models.py``, ``list_objects``), where S3 reads a prefix from its index. The S3 keys each cycle is
    handed, which S3's cost follows, are counted apart, and the whole wall time is shown for information. The
    full sweep (what every cycle did before, and a backfill of ``readings/`` does now) is timed at each size too.
+3. COPY input files per hour and their median size at the design load (1,000 readings/s on 4 stream shards, the
+   template's stager batching and load interval), against the staged objects as they are (what the COPY read
+   before issue 16's joining): real staged objects (the stager's, from ``bench_consumers``) in moto S3, joined by
+   ``Loader.copy_files`` with the default sizing. Target: files of at least 1 MiB, a multiple of the slices. The
+   CPU the joining costs per cycle is shown beside the load interval it must fit in.
 """
 
 from __future__ import annotations
 
 import gzip
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,12 +37,15 @@ from moto import mock_aws
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 
-from devicepipe.loader import Loader, Source
+from benchmarks import bench_consumers
+from devicepipe.compaction import MIB, MIN_FILE_BYTES
+from devicepipe.loader import Loader, Manifest, Source, StagedObject
 from devicepipe.retry import Retrier
 from devicepipe.staging import Stager
 from devicepipe.streams import changes
 from devicepipe_tools.events import insert_batch
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
+from devicepipe_tools.template import load_template, resource
 
 OBJECTS = 60
 ROWS_PER_OBJECT = 500
@@ -51,7 +60,64 @@ BUCKET = "staging"
 
 
 def main() -> list[tuple[str, float, float, bool]]:
-    return copies_per_cycle() + empty_cycle_against_history()
+    return copies_per_cycle() + empty_cycle_against_history() + copy_files_per_hour()
+
+
+def copy_files_per_hour() -> list[tuple[str, float, float, bool]]:
+    template = load_template()
+    batching = bench_consumers.esm_batch(
+        resource(template, "StagerEventSourceMapping")["Properties"],
+        bench_consumers.READINGS_PER_S / bench_consumers.SHARDS,
+        bench_consumers.stream_record_bytes(),
+    )
+    interval_s = 60 * int(template["Parameters"]["LoadIntervalMinutes"]["Default"])
+    per_cycle = round(batching.objects_per_hour(bench_consumers.SHARDS) * interval_s / 3600)
+    stream = bench_consumers.shard_stream(bench_consumers.SAMPLE_OBJECTS * batching.records)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        stager = Stager(s3, BUCKET, "us-east-1", Retrier())
+        samples = [
+            stager.stage(changes(stream[first : first + batching.records]))
+            for first in range(0, len(stream), batching.records)
+        ]
+        bodies = [s3.get_object(Bucket=BUCKET, Key=s.key)["Body"].read() for s in samples]
+        source = Source(BUCKET, "us-east-1")
+        objects = []
+        for i in range(per_cycle):  # a cycle's objects: the samples over again, under keys of their own
+            key = f"readings/origin=us-east-1/dt=2026-11-02/hour=09/{i:05d}.jsonl.gz"
+            s3.put_object(Bucket=BUCKET, Key=key, Body=bodies[i % len(bodies)])
+            objects.append(StagedObject(source, key, len(bodies[i % len(bodies)])))
+        loader = Loader(s3, None, source, BUCKET)  # type: ignore[arg-type]
+        started_cpu, started = time.process_time(), time.perf_counter()
+        files = loader.copy_files(Manifest(source, tuple(objects)))
+        cpu_s, wall_s = time.process_time() - started_cpu, time.perf_counter() - started
+    cycles_per_hour = 3600 / interval_s
+    before = statistics.median(o.size for o in objects)
+    median = statistics.median(f.size for f in files)
+    staged_mib = sum(o.size for o in objects) / MIB
+    print(
+        f"loader: COPY input at {bench_consumers.READINGS_PER_S:,} readings/s on {bench_consumers.SHARDS} shards, "
+        f"a cycle every {interval_s // 60} min ({per_cycle} staged objects, {staged_mib:.1f} MiB a cycle)"
+    )
+    print(
+        f"  before (the staged objects as they are): {per_cycle * cycles_per_hour:,.0f} files/hour, "
+        f"median {before / 1024:,.1f} KiB"
+    )
+    print(
+        f"  joined ({loader.sizing.slices} slices): {len(files) * cycles_per_hour:,.0f} files/hour, "
+        f"{len(files)} a cycle, median {median / MIB:,.2f} MiB; joining took {cpu_s:.2f} s CPU "
+        f"({cpu_s / staged_mib * 1000:.0f} ms per staged MiB), {wall_s:.2f} s wall, of a {interval_s} s interval"
+    )
+    return [
+        (f"COPY files/hour (before {per_cycle * cycles_per_hour:,.0f})", len(files) * cycles_per_hour, 0.0, True),
+        (
+            f"COPY median file MiB (before {before / MIB:.2f})",
+            median / MIB,
+            1.0,
+            median >= MIN_FILE_BYTES and len(files) % loader.sizing.slices == 0,
+        ),
+    ]
 
 
 def copies_per_cycle() -> list[tuple[str, float, float, bool]]:

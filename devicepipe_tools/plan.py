@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devicepipe.compaction import Sizing
 from devicepipe_tools.local.esm import matches
 from devicepipe_tools.local.resources import RegionResources, Resolver
 from devicepipe_tools.template import function_environment
@@ -42,6 +43,12 @@ PUT_PAYLOAD_UNIT_BYTES = 25 * 1024
 PARTITION_KEY_BYTES = 16
 #: How often Lambda polls each shard when it has caught up (README, "Stream consumers").
 POLLS_PER_S = {"kinesis": 1.0, "dynamodb": 4.0}
+#: Lambda closes a stream batch at 6 MB of event, the invocation payload quota, whatever the BatchSize
+#: (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html, "Polling and batching streams").
+PAYLOAD_BYTES = 6 * 1024 * 1024
+#: A table stream record in Lambda's event, beyond the reading's own JSON: the item's typed attributes, keys
+#: and the record's metadata (960 B for a 165 B reading, measured by benchmarks/bench_consumers.py).
+STREAM_RECORD_EXTRA_BYTES = 795
 #: A DynamoDB item's bytes beyond the reading's JSON: keys, origin_region, ingested_at, expires_at and attribute
 #: names (worked out for the simulator's readings in docs/plan.md); the LATEST item adds latest_branch/latest_at.
 READING_ITEM_EXTRA_BYTES = 110
@@ -359,7 +366,7 @@ def settings_from_template(template: dict[str, Any], fleet: Fleet) -> Settings:
     for logical_id, bucket in _resources(template, "AWS::S3::Bucket"):
         if logical_id == "StagingBucket":
             for rule in bucket["Properties"].get("LifecycleConfiguration", {}).get("Rules", []):
-                if "ExpirationInDays" in rule:
+                if "ExpirationInDays" in rule and not rule.get("Prefix"):  # the whole bucket's, not a prefix's
                     retention = int(primary.number(rule["ExpirationInDays"], "StagingBucket expiry"))
     if not retention:
         raise PlanError("template.yaml: StagingBucket has no lifecycle expiry (ExpirationInDays)")
@@ -558,16 +565,21 @@ class Invocations:
     records_each: float
 
 
-def mapping_invocations(records_per_s: float, shards: int, kind: str, batch: int, window_s: float) -> Invocations:
+def mapping_invocations(
+    records_per_s: float, shards: int, kind: str, batch: int, window_s: float, record_bytes: float = 0.0
+) -> Invocations:
     """Invocations of a stream mapping at ``records_per_s`` matching records spread over ``shards`` shards.
 
     With a batching window, Lambda waits up to the window (or a full batch) before invoking: each invocation
     carries ``clamp(rate_per_shard * window, 1, batch)`` records. Without one, each poll that finds records
     invokes with what arrived since the last poll: for Poisson arrivals at rate ``l`` per shard and ``p`` polls
-    a second, ``p * (1 - exp(-l / p))`` invocations a second, and never fewer than ``l / batch``.
+    a second, ``p * (1 - exp(-l / p))`` invocations a second, and never fewer than ``l / batch``. A batch is
+    also closed at ``PAYLOAD_BYTES`` of records of ``record_bytes`` (0: not counted).
     """
     if records_per_s <= 0:
         return Invocations(0.0, 0.0)
+    if record_bytes > 0:
+        batch = min(batch, max(1, int(PAYLOAD_BYTES // record_bytes)))
     per_shard = records_per_s / shards
     if window_s > 0:
         each = min(float(batch), max(1.0, per_shard * window_s))
@@ -583,6 +595,16 @@ def manifests_for(objects: float, object_bytes: float) -> int:
     if objects <= 0:
         return 0
     return max(1, math.ceil(objects / MANIFEST_MAX_OBJECTS), math.ceil(objects * object_bytes / MANIFEST_MAX_BYTES))
+
+
+def copy_files_for(objects: float, object_bytes: float) -> int:
+    """COPY files a load cycle reads for ``objects`` staged objects of one bucket: each manifest's objects joined
+    by the loader (``devicepipe.compaction``, default sizing)."""
+    manifests = manifests_for(objects, object_bytes)
+    if not manifests:
+        return 0
+    each = max(1, round(objects / manifests))
+    return manifests * Sizing().file_count(int(each * object_bytes), each)
 
 
 def cpu_scale(memory_mb: int) -> float:
@@ -830,6 +852,8 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
         (HOURS_PER_MONTH * 60 / settings.load_interval_minutes) if settings.load_interval_minutes else 0.0
     )
     rows_per_cycle = r * settings.load_interval_minutes * 60
+    # Lambda's table stream events only: a Kinesis batch (ingest) is far from 6 MB at its BatchSize.
+    stream_record_bytes = fleet.reading_bytes + STREAM_RECORD_EXTRA_BYTES
     load_s = max(REDSHIFT_MIN_BILLED_S, LOAD_FIXED_S + rows_per_cycle / LOAD_ROWS_PER_S) if cycles_per_month else 0.0
     for rs in settings.regions:
         for fn in rs.functions:
@@ -838,7 +862,8 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
                 if t.kind in ("kinesis", "dynamodb"):
                     rate = per_region_in if t.kind == "kinesis" else matching_rate(t.patterns, kinds)
                     shard_count = (shards if t.kind == "kinesis" else partitions) * t.parallelization
-                    inv = mapping_invocations(rate, shard_count, t.kind, t.batch_size, t.window_s)
+                    event_bytes = stream_record_bytes if t.kind == "dynamodb" else 0.0
+                    inv = mapping_invocations(rate, shard_count, t.kind, t.batch_size, t.window_s, event_bytes)
                     profile = _profile(fn, warnings)
                     ms = duration_ms(profile, inv.records_each, fn.memory_mb)
                     if "stager" in fn.roles and t.kind == "dynamodb":
@@ -846,7 +871,7 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
                         # passes nothing else; a function that also gets other records stages only these.
                         own = [(rec, rate) for rec, rate in kinds if _own_insert(rec, rs.region)]
                         staged = mapping_invocations(
-                            matching_rate(t.patterns, own), partitions, t.kind, t.batch_size, t.window_s
+                            matching_rate(t.patterns, own), partitions, t.kind, t.batch_size, t.window_s, event_bytes
                         )
                         staged_objects_per_s = staged.per_s
                 elif t.kind == "http":
@@ -930,6 +955,11 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
         "objects_per_cycle": objects_per_cycle * sum(loaded.values()),
         "manifests_per_cycle": manifests_per_cycle,
         "list_requests_per_cycle": sum(lists_per_cycle.values()),
+        "copy_files_per_cycle": (
+            sum(copy_files_for(objects_per_cycle * share, object_bytes) for share in loaded.values())
+            if cycles_per_month
+            else 0
+        ),
     }
     for rs in settings.regions:
         region, primary = rs.region, rs.primary
@@ -1221,8 +1251,8 @@ def render(result: Plan, detail: bool = False) -> str:
             "",
             "COPY cadence",
             f"every {rs['load_interval_minutes']:g} min",
-            f"{_qty(s['objects_per_cycle'])} objects, {s['manifests_per_cycle']:,} manifest(s), "
-            f"{s['list_requests_per_cycle']:,} LISTs a cycle (all buckets)",
+            f"{_qty(s['objects_per_cycle'])} objects joined into {s['copy_files_per_cycle']:,} COPY file(s), "
+            f"{s['manifests_per_cycle']:,} manifest(s), {s['list_requests_per_cycle']:,} LISTs a cycle (all buckets)",
         ],
         [
             "Redis",

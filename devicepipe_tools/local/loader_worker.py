@@ -135,6 +135,8 @@ _TOTALS = (
     "cycles",  # cycles whose load ran through (a deferred manifest included)
     "objects_loaded",
     "copies",
+    "copy_files",  # files those COPYs read: staged objects joined (devicepipe.compaction)
+    "copy_bytes",
     "quarantined_objects",
     "deferred",
     "errors",  # cycles whose load raised
@@ -169,6 +171,8 @@ def load_cycle(
         doc["cycles"] += 1
         doc["objects_loaded"] += report.loaded_objects
         doc["copies"] += report.copies
+        doc["copy_files"] += report.copy_files
+        doc["copy_bytes"] += report.copy_bytes
         doc["quarantined_objects"] += len(report.failed)
         doc["deferred"] += int(bool(report.deferred))
         doc.update(last=asdict(report), last_ok_at=time.time(), lag_s=report.oldest_pending_age_s)
@@ -194,7 +198,8 @@ def status_lines(state_dir: Path, now: float | None = None) -> list[str]:
         lines.append(
             f"  loader: {doc['cycles']} cycles, last {_ago(now, doc.get('last_cycle_at', 0))} "
             f"({'FAILING' if doc.get('failing') else 'ok'}), last ok {_ago(now, doc.get('last_ok_at', 0))}; "
-            f"{doc['objects_loaded']} objects loaded, {doc['quarantined_objects']} objects quarantined, "
+            f"{doc['objects_loaded']} objects loaded (as {doc.get('copy_files', 0)} COPY files), "
+            f"{doc['quarantined_objects']} objects quarantined, "
             f"{doc['errors']} failed cycles; lag {doc.get('lag_s')} s (the oldest staged object not loaded yet)"
         )
         if error := doc.get("last_error"):

@@ -38,6 +38,7 @@ def _loader() -> tuple[Loader, Deadline]:
         settings.max_objects,
         settings.max_bytes,
         region=settings.region,
+        sizing=settings.sizing,
     )
     return loader, deadline
 
@@ -54,6 +55,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     report = loader.run(prefix)
     metrics.add_metric("ObjectsLoaded", MetricUnit.Count, report.loaded_objects)
     metrics.add_metric("CopyStatements", MetricUnit.Count, report.copies)
+    # Files the committed COPYs read (joined from staged objects: devicepipe.compaction) and their bytes.
+    metrics.add_metric("CopyFiles", MetricUnit.Count, report.copy_files)
+    metrics.add_metric("CopyBytes", MetricUnit.Bytes, report.copy_bytes)
     # Bad data moved aside (alarmed: `devicepipe loads list` shows each object with the warehouse's reason).
     metrics.add_metric("ObjectsQuarantined", MetricUnit.Count, len(report.failed))
     # Permanent failures pinned on no object (a permission or SQL error): nothing quarantined, objects left pending.

@@ -15,7 +15,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from devicepipe.loader import LATE_ARRIVAL_S, Loader, Source, quarantine_key
+from devicepipe.compaction import Sizing
+from devicepipe.loader import COMPACTED_PREFIX, LATE_ARRIVAL_S, Loader, Source, quarantine_key
 from devicepipe.retry import Deadline, Retrier
 from devicepipe.staging import Stager
 from devicepipe.streams import changes
@@ -150,6 +151,36 @@ def test_one_copy_per_manifest_and_a_repeated_load_changes_nothing(s3: Any, tmp_
     assert loader.warehouse.query("SELECT COUNT(*) FROM load_ledger") == [(3,)]
 
 
+def test_a_cycle_copies_a_few_joined_files_and_the_ledger_still_records_every_object(s3: Any, tmp_path: Path) -> None:
+    """Issue 16: one staged object per stream batch is about 115 KiB at most (Lambda's 6 MB event), 9x below
+    Redshift's 1 MB for COPY input. The load joins its objects into a slice-multiple of files instead."""
+    # Given 12 staged objects, and a warehouse of 2 slices whose files should hold a third of them at least
+    expected = stage_batches(s3, 12)
+    staged = Loader(s3, None, US, "staging").staged()  # type: ignore[arg-type]
+    total = sum(o.size for o in staged)
+    loader = loader_for(s3, tmp_path, sizing=Sizing(min_file_bytes=total // 3, slices=2))
+    # When a cycle runs
+    report = loader.run()
+    # Then one COPY read 2 joined files (one a slice), holding every reading once
+    assert (report.loaded_objects, report.copies, report.copy_files) == (12, 1, 2)
+    (manifest_key,) = report.loaded_manifests
+    entries = json.loads(s3.get_object(Bucket="staging", Key=manifest_key)["Body"].read())["entries"]
+    names = [e["url"].rpartition("/")[2] for e in entries]
+    assert names == ["part-0000-of-0002.jsonl.gz", "part-0001-of-0002.jsonl.gz"]
+    assert all(e["url"].startswith(f"s3://staging/{COMPACTED_PREFIX}/") for e in entries)
+    assert report.copy_bytes == sum(e["meta"]["content_length"] for e in entries)
+    got = rows(loader.warehouse)  # type: ignore[arg-type]
+    assert len(got) == len(set(got)) == expected
+    # And the ledger records the staged objects themselves: nothing is pending, exactly once holds
+    assert loader.warehouse.query("SELECT COUNT(*) FROM loaded_objects") == [(12,)]
+    assert loader.run().pending_objects == 0
+    # And a retried load of the same objects rewrites the same joined files, and adds nothing
+    joined = {o["Key"] for o in s3.list_objects_v2(Bucket="staging", Prefix=COMPACTED_PREFIX)["Contents"]}
+    loader.load(loader.plan(staged)[0])
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket="staging", Prefix=COMPACTED_PREFIX)["Contents"]} == joined
+    assert sorted(rows(loader.warehouse)) == sorted(got)  # type: ignore[arg-type]
+
+
 def test_concurrent_runs_load_each_reading_once(s3: Any, tmp_path: Path) -> None:
     expected = stage_batches(s3, 8)
     loaders = [loader_for(s3, tmp_path, max_objects=2) for _ in range(3)]
@@ -206,6 +237,9 @@ def test_one_bad_object_holds_back_no_other_object_of_its_manifest(s3: Any, tmp_
         s3.get_object(Bucket="staging", Key=quarantine_key(bad.removeprefix("s3://staging/")))["Body"].read()
     )
     assert record["object"] == bad and "invalid JSON" in record["errors"][0]["reason"]
+    # the warehouse named a line of the joined file; the loader pinned it on the object holding that line
+    assert record["errors"][0]["line"] == 2
+    assert record["errors"][0]["joined"].startswith(f"s3://staging/{COMPACTED_PREFIX}/")
     assert report.oldest_pending_age_s == 0.0  # nothing left waiting: the lag is not held up by the bad object
     assert loader.run().pending_objects == 0
 

@@ -12,6 +12,7 @@ import sqlglot
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from devicepipe.compaction import Sizing
 from devicepipe.config import ConfigError, LoaderSettings
 from devicepipe.loader import LATE_ARRIVAL_S, CrossRegionStaging, Loader, Manifest, Source, StagedObject
 from devicepipe.retry import Backoff, Deadline, Retrier
@@ -75,6 +76,13 @@ def test_loader_settings_name_one_bucket_in_the_functions_own_region() -> None:
     }
     settings = LoaderSettings.from_env(env)
     assert (settings.staging_bucket, settings.region) == ("staging-us", "us-east-1")
+    # COPY files are joined by default (1 MiB, 64 MiB, 4 slices); 0 turns joining off; nonsense is refused
+    assert settings.sizing == Sizing()
+    assert LoaderSettings.from_env({**env, "COPY_FILE_MIN_BYTES": "0", "WAREHOUSE_SLICES": "16"}).sizing == Sizing(
+        0, Sizing().max_file_bytes, 16
+    )
+    with pytest.raises(ConfigError, match="WAREHOUSE_SLICES"):
+        LoaderSettings.from_env({**env, "WAREHOUSE_SLICES": "0"})
     # the former multi-region setting is refused with what to do instead
     with pytest.raises(ConfigError, match="STAGING_SOURCES is no longer read"):
         LoaderSettings.from_env({**env, "STAGING_SOURCES": "staging-us:us-east-1,staging-eu:eu-west-1"})
@@ -136,7 +144,7 @@ def test_the_copy_names_no_region_and_only_objects_of_the_warehouse_regions_buck
     warehouse region's bucket. https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html
     """
     s3, warehouse = RecordingS3(), RecordingWarehouse()
-    loader = Loader(s3, warehouse, US, "staging-us", "arn:aws:iam::1:role/copy", region="us-east-1")  # type: ignore[arg-type]
+    loader = Loader(s3, warehouse, US, "staging-us", "arn:aws:iam::1:role/copy", region="us-east-1", sizing=Sizing(0))  # type: ignore[arg-type]
     (manifest,) = loader.plan(objs(US, [10, 20]) + objs(US, [30], origin="eu-west-1"))
     loader.load(manifest)
     (bucket, key, body), (ledger_bucket, ledger_key, _) = s3.puts

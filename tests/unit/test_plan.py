@@ -118,6 +118,32 @@ def test_mapping_invocations_with_a_batching_window() -> None:
     assert plan.mapping_invocations(0, 4, "kinesis", 100, 0) == plan.Invocations(0, 0)
 
 
+def test_a_stream_batch_closes_at_six_mb_of_event_whatever_its_batch_size() -> None:
+    """Lambda closes a stream batch at the 6 MB invocation payload
+    (https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html): the stager's 10,000 records of about 960 B do
+    not fit, so 250 records/s a shard in a 30 s window make batches of 6,553, not 7,500."""
+    record = 165 + plan.STREAM_RECORD_EXTRA_BYTES
+    capped = plan.mapping_invocations(250, 1, "dynamodb", 10_000, 30, record)
+    assert capped.records_each == plan.PAYLOAD_BYTES // record == 6553
+    assert plan.mapping_invocations(250, 1, "dynamodb", 10_000, 30).records_each == 7500  # size not counted
+
+
+def test_the_stream_record_size_is_the_one_the_bench_measures() -> None:
+    from benchmarks import bench_consumers
+    from devicepipe_tools.producer import simulate
+
+    reading = sum(len(json.dumps(d, separators=(",", ":"))) for d in simulate(1250, 50, count=200, seed=16)) / 200
+    measured = bench_consumers.stream_record_bytes() - reading
+    assert measured == pytest.approx(plan.STREAM_RECORD_EXTRA_BYTES, rel=0.05)
+
+
+def test_copy_files_a_cycle_are_the_loaders_joined_files() -> None:
+    # 137 objects of 115 KiB (15 MiB): 4 files, one a slice; 1,000 objects of 3 KiB: 2 manifests of 1.5 MiB, a file each
+    assert plan.copy_files_for(137, 115 * 1024) == 4
+    assert plan.copy_files_for(1000, 3 * 1024) == 2
+    assert plan.copy_files_for(0, 1024) == 0
+
+
 def test_mapping_invocations_without_a_window_follow_the_polls() -> None:
     # DynamoDB streams are polled 4 times a second. At 4 ln 2 = 2.77 records/s on one shard a poll finds none
     # with probability exp(-ln 2) = 1/2, so 4 x 1/2 = 2 invocations/s of 2 ln 2 = 1.386 records.

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks import bench_consumers as bench
+from devicepipe.loader import COMPACTED_PREFIX
 from devicepipe_tools.probe import PROBE_PK_PREFIX
 from devicepipe_tools.template import ROOT, function_environment, resource
 from functions.cache_updater import app as cache_app
@@ -593,3 +594,20 @@ IN_VPC_AND_TRACED = on(
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
 )
+
+
+def test_the_loader_reads_staged_objects_to_join_them_and_their_joined_copies_expire(template: dict[str, Any]) -> None:
+    """The loader joins staged objects into COPY files of 1 MB or more (devicepipe.compaction): it reads the staged
+    readings (GetObject on readings/* only) and writes the joined files under manifests/compacted/, which the
+    COPY role already reads (manifests/*). A lifecycle rule's Prefix limits it to keys that start with it
+    (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-s3-bucket-rule.html), so the
+    joined copies go after a day while staged readings keep their retention."""
+    (policy,) = resource(template, "LoaderRole")["Properties"]["Policies"]
+    stmts = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert stmts["ReadStagedReadings"]["Action"] == "s3:GetObject"
+    assert stmts["ReadStagedReadings"]["Resource"] == {"Fn::Sub": "${StagingBucket.Arn}/readings/*"}
+    assert stmts["Manifests"]["Resource"] == {"Fn::Sub": "${StagingBucket.Arn}/manifests/*"}
+    rules = {r["Id"]: r for r in resource(template, "StagingBucket")["Properties"]["LifecycleConfiguration"]["Rules"]}
+    joined = rules["expire-joined-copy-files"]
+    assert joined["Prefix"] == f"{COMPACTED_PREFIX}/" and joined["ExpirationInDays"] == 1
+    assert joined["Status"] == "Enabled" and "Prefix" not in rules["expire-staged-readings"]

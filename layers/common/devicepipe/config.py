@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from devicepipe.compaction import MAX_FILE_BYTES, MIN_FILE_BYTES, Sizing
 
 #: The registry's read-only login (created by the first migration; functions connect as it).
 READER_LOGIN = "devicepipe_reader"
@@ -204,6 +206,7 @@ class LoaderSettings:
     region: str
     max_objects: int = 500
     max_bytes: int = 512 * 1024 * 1024
+    sizing: Sizing = field(default_factory=Sizing)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LoaderSettings:
@@ -222,6 +225,12 @@ class LoaderSettings:
             region=e.text("AWS_REGION"),
             max_objects=e.integer("MANIFEST_MAX_OBJECTS", 500, 1, 10_000),
             max_bytes=e.integer("MANIFEST_MAX_BYTES", 512 * 1024 * 1024, 1024, 64 * 1024**3),
+            # COPY files joined from staged objects (devicepipe.compaction); COPY_FILE_MIN_BYTES=0 never joins.
+            sizing=Sizing(
+                e.integer("COPY_FILE_MIN_BYTES", MIN_FILE_BYTES, 0, 1024**3),
+                e.integer("COPY_FILE_MAX_BYTES", MAX_FILE_BYTES, 1024 * 1024, 1024**3),
+                e.integer("WAREHOUSE_SLICES", Sizing().slices, 1, 1024),
+            ),
         )
         e.check("LoaderFunction settings")
         return settings

@@ -17,11 +17,15 @@
   the ledger dedups it like any other object.
 - Manifests are bounded by object count and bytes so one COPY stays well inside the function timeout, named
   by a hash of their content: a retried cycle rewrites the same manifest instead of making a new one.
+- A load's objects are joined into a few COPY files of at least 1 MB, a multiple of the warehouse's slices
+  (``compaction``): the COPY reads those, the ledger still records the staged objects one by one.
 - A retryable failure (warehouse paused, busy, throttling, timeout) stops the cycle: everything left stays
   pending for the next scheduled run. A permanent one is pinned on the objects that cause it, which are
   quarantined one by one (``manifests/quarantine/<object key>.json``, with the warehouse's file/line/column/
   reason); the rest load in the same cycle. The warehouse names a bad object's file for most data errors
   (``sys_load_error_detail``); otherwise the manifest is split in halves and each tried, down to the object.
+  A joined file named by the warehouse narrows the search to its objects; an object that is not gzip is
+  found while joining, and quarantined before any COPY.
   A failure is only pinned on an object once something loaded in the same cycle: when nothing loads at all
   (a permission or SQL error, not the data) nothing is quarantined and the objects stay pending.
 """
@@ -33,10 +37,12 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from devicepipe.compaction import CorruptObject, Sizing, groups, join, locate
 from devicepipe.observability import logger
 from devicepipe.retry import Backoff
 from devicepipe.staging import PREFIX as STAGED_PREFIX
@@ -53,6 +59,11 @@ from devicepipe.warehouse import (
 
 MANIFEST_PREFIX = "manifests"
 QUARANTINE_PREFIX = f"{MANIFEST_PREFIX}/quarantine"
+#: Joined COPY files: disposable copies of staged objects, needed only until their load commits (the staging
+#: bucket's lifecycle expires them; a retried load rewrites the same keys).
+COMPACTED_PREFIX = f"{MANIFEST_PREFIX}/compacted"
+#: Staged objects fetched at once while joining (S3 GETs of about 100 KiB: latency, not bandwidth, bound).
+FETCH_THREADS = 16
 #: How long after its hour an object may still appear in the bucket: the stager's MaximumRecordAgeInSeconds
 #: (3600: older records go to its on-failure queue, not to staging) + its timeout and batching window (70 s) +
 #: S3 Replication Time Control's 15 minutes for the other region's replicas, rounded up with a margin.
@@ -138,12 +149,37 @@ class Manifest:
         No other key starts with it (COPY without MANIFEST reads every object under a key prefix)."""
         return self.key.removesuffix(".json") + ".objects.jsonl.gz"
 
-    def document(self) -> bytes:
-        entries = [{"url": o.url, "mandatory": True, "meta": {"content_length": o.size}} for o in self.objects]
+    @property
+    def digest(self) -> str:
+        return self.key.removeprefix(f"{MANIFEST_PREFIX}/{self.source.region}/").removesuffix(".json")
+
+    def document(self, files: Sequence[CopyFile] | None = None) -> bytes:
+        """The COPY manifest over ``files`` (the objects themselves by default)."""
+        chosen = files if files is not None else [CopyFile(o.url, o.size, (o,)) for o in self.objects]
+        entries = [{"url": f.url, "mandatory": True, "meta": {"content_length": f.size}} for f in chosen]
         return json.dumps({"entries": entries}, indent=1).encode()
 
     def ledger(self) -> bytes:
         return ledger_document([o.url for o in self.objects])
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """A file a COPY reads: a staged object itself, or a joined file made of several (``objects``)."""
+
+    url: str
+    size: int
+    objects: tuple[StagedObject, ...]
+    lines: tuple[int, ...] = ()  # of a joined file: how many lines each object holds
+
+    def blame(self, error: dict[str, Any]) -> dict[str, Any]:
+        """A load error of this joined file as the error of the staged object holding its line; without a line,
+        the error lists the file's ``objects`` (one of them is bad)."""
+        found = locate(int(error.get("line") or 0), self.lines)
+        if found is None:
+            return {**error, "objects": [o.url for o in self.objects]}
+        index, line = found
+        return {**error, "file": self.objects[index].url, "line": line, "joined": f"{self.url} line {error['line']}"}
 
 
 @dataclass
@@ -154,6 +190,8 @@ class LoadReport:
     loaded_manifests: list[str] = field(default_factory=list)  # every committed load, halves of a split included
     loaded_objects: int = 0
     copies: int = 0  # load transactions tried
+    copy_files: int = 0  # files the committed loads read (joined ones, or objects loaded as they are)
+    copy_bytes: int = 0  # their compressed bytes
     failed: list[dict[str, Any]] = field(default_factory=list)  # objects quarantined in this cycle, with errors
     unattributed: list[str] = field(default_factory=list)  # permanent failures pinned on no object (left pending)
     deferred: str = ""  # why the cycle stopped early (retryable failure)
@@ -211,6 +249,8 @@ class Loader:
         The warehouse's region (empty: the source's); a source elsewhere raises ``CrossRegionStaging``.
     late_arrival_s
         How far behind the newest hour seen of an origin its watermark stays (see ``LATE_ARRIVAL_S``).
+    sizing
+        How a load's objects are joined into COPY files (``compaction.Sizing``; ``Sizing(0)`` never joins).
     """
 
     s3: Any
@@ -222,6 +262,7 @@ class Loader:
     max_bytes: int = 512 * 1024 * 1024
     region: str = ""
     late_arrival_s: float = LATE_ARRIVAL_S
+    sizing: Sizing = field(default_factory=Sizing)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     _schema_ready: bool = False
@@ -344,23 +385,67 @@ class Loader:
 
     # --- loading -----------------------------------------------------------------------------------------------
 
-    def load(self, manifest: Manifest) -> None:
-        """Write the manifest and its ledger file, and load them in one transaction (raises ``LoadFailed``)."""
+    def load(self, manifest: Manifest) -> list[CopyFile]:
+        """Join the manifest's objects into COPY files, write the COPY manifest and the ledger file, and load them
+        in one transaction; return the files read. Raises ``LoadFailed``: a warehouse error that names a joined
+        file lists that file's ``objects``; an object that is not gzip fails the load before any COPY."""
+        files = self.copy_files(manifest)
         self.s3.put_object(
-            Bucket=self.manifest_bucket, Key=manifest.key, Body=manifest.document(), ContentType="application/json"
+            Bucket=self.manifest_bucket,
+            Key=manifest.key,
+            Body=manifest.document(files),
+            ContentType="application/json",
         )
         self.s3.put_object(
             Bucket=self.manifest_bucket, Key=manifest.ledger_key, Body=manifest.ledger(), ContentType="application/gzip"
         )
-        self.warehouse.execute(
-            load_statements(
-                f"s3://{self.manifest_bucket}/{manifest.key}",
-                manifest.key,
-                f"s3://{self.manifest_bucket}/{manifest.ledger_key}",
-                len(manifest.objects),
-                self.role_arn,
+        try:
+            self.warehouse.execute(
+                load_statements(
+                    f"s3://{self.manifest_bucket}/{manifest.key}",
+                    manifest.key,
+                    f"s3://{self.manifest_bucket}/{manifest.ledger_key}",
+                    len(manifest.objects),
+                    self.role_arn,
+                )
             )
-        )
+        except LoadFailed as exc:
+            joined = {f.url: f for f in files if f.lines}
+            exc.errors = [
+                joined[file].blame(e) if (file := str(e.get("file") or "").strip()) in joined else e
+                for e in exc.errors
+            ]
+            raise
+        return files
+
+    def copy_files(self, manifest: Manifest) -> list[CopyFile]:
+        """The files a load reads: runs of its objects joined (``compaction``), written under ``COMPACTED_PREFIX``
+        with keys that depend only on the objects, so a retried load rewrites the same files."""
+        objects = manifest.objects
+        sizes = [o.size for o in objects]
+        runs = groups(sizes, self.sizing.file_count(sum(sizes), len(objects)))
+        files = []
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            for number, run in enumerate(runs):
+                members = objects[run.start : run.stop]
+                if len(members) == 1:
+                    files.append(CopyFile(members[0].url, members[0].size, members))
+                    continue
+                body, lines = self._join(pool, members)
+                key = f"{COMPACTED_PREFIX}/{manifest.digest}/part-{number:04d}-of-{len(runs):04d}.jsonl.gz"
+                self.s3.put_object(Bucket=self.manifest_bucket, Key=key, Body=body, ContentType="application/gzip")
+                files.append(CopyFile(f"s3://{self.manifest_bucket}/{key}", len(body), members, tuple(lines)))
+        return files
+
+    def _join(self, pool: ThreadPoolExecutor, members: Sequence[StagedObject]) -> tuple[bytes, list[int]]:
+        def fetch(obj: StagedObject) -> tuple[str, bytes]:
+            return obj.url, self.s3.get_object(Bucket=self.source.bucket, Key=obj.key)["Body"].read()
+
+        try:
+            return join(pool.map(fetch, members))
+        except CorruptObject as exc:
+            error = {"file": exc.name, "line": 0, "column": None, "reason": exc.reason}
+            raise LoadFailed(str(exc), retryable=False, errors=[error]) from None
 
     def run(self, prefix: str | None = None) -> LoadReport:
         """One cycle: the scheduled window (``prefix`` None), or a backfill of everything not loaded under it."""
@@ -414,12 +499,14 @@ class Loader:
         manifest = Manifest(self.source, tuple(objects))
         cycle.report.copies += 1
         try:
-            self.load(manifest)
+            files = self.load(manifest)
         except LoadFailed as exc:
             if exc.retryable:
                 raise
             logger.warning("load failed permanently", extra={"manifest": manifest.key, "objects": len(objects)})
             return exc
+        cycle.report.copy_files += len(files)
+        cycle.report.copy_bytes += sum(f.size for f in files)
         cycle.report.loaded_manifests.append(manifest.key)
         cycle.report.loaded_objects += len(objects)
         cycle.done.update(o.url for o in objects)
@@ -433,6 +520,11 @@ class Loader:
             for obj in bad:
                 self.quarantine(obj, failure, cycle)
             self._load_isolating([o for o in objects if o.url not in named], cycle)
+            return
+        suspects = {url for e in failure.errors for url in e.get("objects", ())}
+        if suspects and len(suspects & {o.url for o in objects}) < len(objects):  # a joined file was named
+            self._load_isolating([o for o in objects if o.url not in suspects], cycle)
+            self._load_isolating([o for o in objects if o.url in suspects], cycle)
             return
         if len(objects) == 1:
             if not cycle.report.loaded_objects:
