@@ -4,7 +4,10 @@
   on 127.0.0.1:6379 (else fakeredis), counted by the writer at each network exchange.
 - S3 PUTs per batch for StagerFunction (target 1), counted by an in-memory S3.
 - CPU per record of each handler against the decode floor: ``json.loads`` of the same records (what the
-  Lambda runtime spends turning the event into objects before any handler runs).
+  Lambda runtime spends turning the event into objects before any handler runs), in the same alternating runs
+  with the function's own boto3 clients answered at the HTTP layer (``aws_stub``) and with in-memory fakes.
+  The cache updater's batch also carries the table's LATEST modifications (one per device), a few of them
+  regressions that its LATEST repair writes back through DynamoDB.
 - Staged objects per hour and their median size at the design load (1,000 readings/s on 4 stream shards), before
   and after issue 16, against Redshift's 1 MB lower bound for COPY files: the stager writes one object per
   invocation, so Lambda's batching (``esm_batch``, with StagerEventSourceMapping's settings from template.yaml)
@@ -16,19 +19,23 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
 import redis
 
-from benchmarks.bench_ingest import interleaved, quiet_stdout
+from benchmarks.aws_stub import dynamodb_writes, s3_puts, stub
+from benchmarks.bench_ingest import quiet_stdout, windowed_many
 from devicepipe.cache import CacheWriter, newest_per_device
-from devicepipe.retry import Retrier
+from devicepipe.config import RepairSettings
+from devicepipe.dynamo import DynamoWriter, write_client
+from devicepipe.retry import Deadline, Retrier
 from devicepipe.staging import Stager
 from devicepipe.streams import changes
 from devicepipe_tools.events import dynamodb_record, reading, table_item
-from devicepipe_tools.fakes import FakeS3
+from devicepipe_tools.fakes import FakeDynamo, FakeS3
 from devicepipe_tools.producer import simulate
 from devicepipe_tools.template import load_template, resource
 from functions.cache_updater import app as cache_app
@@ -37,6 +44,9 @@ from tests.conftest import FakeLambdaContext
 
 RECORDS = 1_000
 DEVICES = 200
+#: Devices whose LATEST the batch shows moved back (cross-region last writer wins), for the repair to restore.
+REGRESSIONS = 10
+CPU_SECONDS = 8.0
 
 #: The design load of issue 16: 1,000 own-region readings/s over 4 stream shards (250 a shard).
 SHARDS = 4
@@ -143,11 +153,24 @@ def staging_sizes() -> list[tuple[str, float, float, bool]]:
     ]
 
 
-def make_event() -> dict[str, Any]:
-    records = []
-    for i in range(RECORDS):
-        doc = reading(f"device-{i % DEVICES:05d}", f"branch-{i % 17:03d}", 1_793_610_000_000 + i * 10, i)
-        records.append(dynamodb_record("INSERT", table_item(doc), sequence_number=4_100_000_000_000 + i))
+def make_event(latest: bool = False) -> dict[str, Any]:
+    """RECORDS reading inserts; with ``latest``, then each device's LATEST modification from its next-to-last
+    reading to its last, except for the first REGRESSIONS devices, whose LATEST another region moved back."""
+
+    def doc(i: int) -> dict[str, Any]:
+        return reading(f"device-{i % DEVICES:05d}", f"branch-{i % 17:03d}", 1_793_610_000_000 + i * 10, i)
+
+    records = [
+        dynamodb_record("INSERT", table_item(doc(i)), sequence_number=4_100_000_000_000 + i) for i in range(RECORDS)
+    ]
+    if latest:
+        for d in range(DEVICES):
+            newer, older = (
+                table_item(doc(RECORDS - DEVICES + d), latest=True),
+                table_item(doc(RECORDS - 2 * DEVICES + d), latest=True),
+            )
+            new, old = (older, newer) if d < REGRESSIONS else (newer, older)
+            records.append(dynamodb_record("MODIFY", new, old=old, sequence_number=4_100_000_000_000 + RECORDS + d))
     return {"Records": records}
 
 
@@ -160,9 +183,35 @@ def local_redis() -> tuple[Any, str]:
         return fakeredis.FakeRedis(), "fakeredis (no Redis on 127.0.0.1:6379)"
 
 
+def cpu_figures(
+    name: str, texts: list[str], real: Any, fake: Any, records: int
+) -> list[tuple[str, float, float, bool]]:
+    """CPU per record of a handler with its real (stubbed) clients and with fakes, against the decode floor."""
+    floor_s, ((real_s, _), (fake_s, _)) = windowed_many(
+        CPU_SECONDS, 2.0, lambda: [json.loads(t) for t in texts], real, fake
+    )
+    print(
+        f"  {name} CPU per record: real clients {real_s / records * 1e6:6.2f} us ({real_s / floor_s:4.2f}x),"
+        f" fakes {fake_s / records * 1e6:6.2f} us ({fake_s / floor_s:4.2f}x); floor (json.loads)"
+        f" {floor_s / records * 1e6:5.2f} us"
+    )
+    return [
+        (f"{name} cpu/record vs floor, real", real_s / floor_s, 0.0, True),
+        (f"{name} cpu/record vs floor, fake", fake_s / floor_s, 0.0, True),
+    ]
+
+
+def handler(app: Any, event: dict[str, Any], context: Any, before: Any) -> Any:
+    def run() -> None:
+        before()
+        with quiet_stdout():
+            app.lambda_handler(event, context)
+
+    return run
+
+
 def main() -> list[tuple[str, float, float, bool]]:
     event = make_event()
-    texts = [json.dumps(r) for r in event["Records"]]
     rows = []
     context = FakeLambdaContext()
     client, where = local_redis()
@@ -182,35 +231,64 @@ def main() -> list[tuple[str, float, float, bool]]:
     )
     rows.append(("cache Redis round trips per batch", float(trips), 1.0, trips == 1))
 
-    def run_cache() -> None:
-        with quiet_stdout():
-            cache_app.lambda_handler(event, context)
+    # The batch with LATEST modifications: the repair writes REGRESSIONS items back through its client.
+    mixed = make_event(latest=True)
+    texts = [json.dumps(r) for r in mixed["Records"]]
+    settings = RepairSettings(table_name="readings")
+    repair_client = stub(write_client(**cache_app.repair_client_options(settings)), dynamodb_writes, parse_body=False)
+    repair_pool = ThreadPoolExecutor(settings.max_concurrency)
+    repairers = {
+        "real": DynamoWriter(repair_client, "readings", repair_pool, Retrier(), settings.max_concurrency),
+        "fake": DynamoWriter(FakeDynamo(), "readings", repair_pool, Retrier(), settings.max_concurrency),
+    }
 
-    floor_s, cache_s = interleaved(15, lambda: [json.loads(t) for t in texts], run_cache)
+    def use(kind: str) -> Any:
+        def put() -> None:
+            repairer = repairers[kind]
+            if kind == "fake":
+                repairer.client = FakeDynamo()  # emptied: every repair is written, as through the stub
+            cache_app._repairer = lambda: (repairer, Deadline.unlimited())  # type: ignore[assignment]
+
+        return put
+
+    handler(cache_app, mixed, context, use("real"))()
     print(
-        f"  cache updater CPU per record {cache_s / RECORDS * 1e6:6.2f} us, floor (json.loads) "
-        f"{floor_s / RECORDS * 1e6:5.2f} us, ratio {cache_s / floor_s:4.2f}x"
+        f"  cache updater batch with {DEVICES} LATEST modifications, {REGRESSIONS} regressions repaired through"
+        f" DynamoDB: {repair_client.calls.get('PutItem', 0)} PutItems"
     )
-    rows.append(("cache CPU/record vs decode floor (info)", cache_s / floor_s, 0.0, True))
+    rows += cpu_figures(
+        "cache updater",
+        texts,
+        handler(cache_app, mixed, context, use("real")),
+        handler(cache_app, mixed, context, use("fake")),
+        len(texts),
+    )
     for key in client.scan_iter("bench:*"):
         client.delete(key)
+    repair_pool.shutdown()
 
+    texts = [json.dumps(r) for r in event["Records"]]
     s3 = FakeS3()
-    stager = Stager(s3, "staging", "us-east-1", Retrier())
-    stager_app._stager = lambda: (stager, stager.retrier.deadline)  # type: ignore[assignment]
+    fake_stager = Stager(s3, "staging", "us-east-1", Retrier())
+    real_s3 = stub(stager_app._s3(), s3_puts)  # the function's own client, as it builds it
+    real_stager = Stager(real_s3, "staging", "us-east-1", Retrier())
 
-    def run_stager() -> None:
-        with quiet_stdout():
-            stager_app.lambda_handler(event, context)
+    def stager(one: Stager) -> Any:
+        return lambda: setattr(stager_app, "_stager", lambda: (one, Deadline.unlimited()))
 
-    run_stager()
+    handler(stager_app, event, context, stager(fake_stager))()
+    handler(stager_app, event, context, stager(real_stager))()
     puts = s3.calls
-    print(f"  stager: S3 PUTs per batch {puts} (target 1), {len(next(iter(s3.objects.values())))} gzip bytes")
-    rows.append(("stager S3 PUTs per batch", float(puts), 1.0, puts == 1))
-    floor_s, stage_s = interleaved(15, lambda: [json.loads(t) for t in texts], run_stager)
     print(
-        f"  stager CPU per record {stage_s / RECORDS * 1e6:6.2f} us, floor (json.loads) "
-        f"{floor_s / RECORDS * 1e6:5.2f} us, ratio {stage_s / floor_s:4.2f}x"
+        f"  stager: S3 PUTs per batch {puts} (target 1; real client {real_s3.calls.get('PutObject', 0)}),"
+        f" {len(next(iter(s3.objects.values())))} gzip bytes"
     )
-    rows.append(("stager CPU/record vs decode floor (info)", stage_s / floor_s, 0.0, True))
+    rows.append(("stager S3 PUTs per batch", float(puts), 1.0, puts == 1))
+    rows += cpu_figures(
+        "stager",
+        texts,
+        handler(stager_app, event, context, stager(real_stager)),
+        handler(stager_app, event, context, stager(fake_stager)),
+        RECORDS,
+    )
     return rows + staging_sizes()

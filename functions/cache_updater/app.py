@@ -41,7 +41,7 @@ from botocore.config import Config
 
 from devicepipe.cache import CacheUnavailable, CacheWriter, connect, is_cached, newest_per_device
 from devicepipe.config import CacheSettings, QuarantineSettings, RepairSettings
-from devicepipe.dynamo import DynamoWriter
+from devicepipe.dynamo import DynamoWriter, write_client
 from devicepipe.observability import logger, metrics, tracer
 from devicepipe.quarantine import S3Quarantine, quarantine_stream, stream_quarantine
 from devicepipe.repair import Regression, RepairResult, regressions_in, restore
@@ -76,17 +76,21 @@ def _writer() -> CacheWriter:
 def _repairer() -> tuple[DynamoWriter, Deadline]:
     """The DynamoDB writer of the LATEST repair, once per container (created on the first regression)."""
     settings = RepairSettings.from_env()
-    config = Config(max_pool_connections=settings.max_concurrency, retries={"mode": "standard", "max_attempts": 3})
     deadline = Deadline(lambda: 2**31)  # replaced per invocation by the context's remaining time
     executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="repair")
     writer = DynamoWriter(
-        boto3.client("dynamodb", config=config),
+        write_client(**repair_client_options(settings)),
         settings.table_name,
         executor,
         Retrier(deadline=deadline),
         settings.max_concurrency,
     )
     return writer, deadline
+
+
+def repair_client_options(settings: RepairSettings) -> dict[str, Any]:
+    """The repair's DynamoDB client ``Config`` options (``make bench`` builds its client with them too)."""
+    return {"max_pool_connections": settings.max_concurrency, "retries": {"mode": "standard", "max_attempts": 3}}
 
 
 @cache

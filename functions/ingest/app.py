@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
 from devicepipe.config import IngestSettings
+from devicepipe.dynamo import write_client
 from devicepipe.ingest import Ingestor, IngestReport, build_ingestor
 from devicepipe.observability import logger, metrics, tracer
 from devicepipe.retry import Deadline, Retrier
@@ -22,22 +23,27 @@ def _ingestor() -> tuple[Ingestor, Deadline]:
     """Settings, clients and the thread pool, built once per container (on first use, so a missing
     variable surfaces as one clear ConfigError in the log rather than an import failure)."""
     settings = IngestSettings.from_env()
-    config = Config(
-        max_pool_connections=settings.max_concurrency,
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=3,
-        read_timeout=10,
-    )
+    options = client_options(settings)
     executor = ThreadPoolExecutor(settings.max_concurrency, thread_name_prefix="ingest")
     deadline = Deadline(lambda: 2**31)  # replaced per invocation by the context's remaining time
     ingestor = build_ingestor(
         settings,
-        boto3.client("dynamodb", config=config),
-        boto3.client("s3", config=config),
+        write_client(**options),
+        boto3.client("s3", config=Config(**options)),
         executor,
         Retrier(deadline=deadline),
     )
     return ingestor, deadline
+
+
+def client_options(settings: IngestSettings) -> dict[str, Any]:
+    """The AWS clients' ``Config`` options (``make bench`` builds its clients with them too)."""
+    return {
+        "max_pool_connections": settings.max_concurrency,
+        "retries": {"mode": "standard", "max_attempts": 3},
+        "connect_timeout": 3,
+        "read_timeout": 10,
+    }
 
 
 @logger.inject_lambda_context

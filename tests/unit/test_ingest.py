@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.aws_stub import dynamodb_writes, stub
 from devicepipe.config import IngestSettings
-from devicepipe.dynamo import DynamoClient
+from devicepipe.dynamo import LATEST_CONDITION, DynamoClient, write_client
 from devicepipe.ingest import Ingestor, build_ingestor
 from devicepipe.kpl import SubRecord, aggregate
 from devicepipe.models import unmarshal_item
@@ -73,6 +74,32 @@ def test_clean_batch_writes_every_reading_and_one_latest_per_device(executor: Th
     assert item["origin_region"] == "us-east-1"
     assert item["ingested_at"] == "2026-11-18T11:06:40.000000Z"
     assert item["expires_at"] == 1_793_610_000 + 90 * 86_400
+
+
+def test_a_real_write_client_sends_what_the_fake_stores(executor: ThreadPoolExecutor) -> None:
+    # Given the function's DynamoDB client (dynamo.write_client), answered at the HTTP layer, and the fake
+    sent: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def answer(operation: str, body: dict[str, Any]) -> dict[str, Any]:
+        if operation == "BatchWriteItem":
+            requests = body["RequestItems"][SETTINGS.table_name]
+            items = [r["PutRequest"]["Item"] for r in requests]
+        else:
+            items = [body["Item"]]
+            assert body["ConditionExpression"] == LATEST_CONDITION
+        sent.update({(i["pk"]["S"], i["sk"]["S"]): i for i in items})
+        return dynamodb_writes(operation, body)
+
+    real = stub(write_client(), answer)
+    fake = FakeDynamo()
+    # When the same batch is ingested through each
+    docs = readings(60)
+    for client in (real, fake):
+        ingestor, _ = make(executor, client)
+        assert ingestor.ingest(event_of(docs)).response() == {"batchItemFailures": []}
+    # Then DynamoDB gets the very items the fake stores, in as many calls
+    assert sent == fake.items
+    assert real.calls == dict(fake.calls)
 
 
 def test_identical_readings_in_one_batch_are_written_once(executor: ThreadPoolExecutor) -> None:

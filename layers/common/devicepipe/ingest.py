@@ -1,6 +1,6 @@
 """Ingest: a Kinesis batch -> validated readings -> DynamoDB (reading items, then LATEST per device).
 
-Failure rules (DESIGN.md "Failures"):
+Failure rules (docs/architecture.md, "Failures"):
 - a record that breaks the contract is quarantined with its reason and never retried;
 - a transient failure (throttling, 5xx, exhausted ``UnprocessedItems``, a quarantine write that failed)
   reports the record in ``batchItemFailures``; Lambda checkpoints before the lowest one and replays from
@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import orjson
 
+from devicepipe.batch_failures import BatchItemFailures
 from devicepipe.config import IngestSettings
 from devicepipe.dynamo import DynamoClient, DynamoWriter, Item, WriteResult, latest_item, reading_item
 from devicepipe.kpl import AggregationError, deaggregate, is_aggregated
@@ -87,9 +88,13 @@ class IngestReport:
     dynamodb_calls: int = 0
     failed_sequence_numbers: list[str] = field(default_factory=list)
 
+    @property
+    def failures(self) -> BatchItemFailures:
+        return BatchItemFailures(tuple(self.failed_sequence_numbers))
+
     def response(self) -> dict[str, list[dict[str, str]]]:
         """The partial batch response (``ReportBatchItemFailures``)."""
-        return {"batchItemFailures": [{"itemIdentifier": s} for s in self.failed_sequence_numbers]}
+        return self.failures.to_response()
 
 
 def build_ingestor(

@@ -5,17 +5,16 @@ stager all read the table's stream through it, so a record one of them cannot us
 same reason, and quarantined (``devicepipe.quarantine``) rather than crash the batch: a deterministic failure would
 only fail again on every retry.
 
-Images of reading and LATEST items are checked against the item contract (DESIGN.md "Storage contracts"): what the
-consumers read (``device_id``, ``branch_id``, ``ts``, ``seq``, ``metrics``, ``origin_region``, ``ingested_at``) is
-present and well formed, so nothing null reaches the cache or the warehouse. Values must be what a JSON reading
-can become: binary (``B``, ``BS``) and set (``SS``, ``NS``) attributes are refused. Numbers keep every digit
-DynamoDB stored: ``int`` when they fit 64 bits (what JSON encoders take as is), else ``Decimal``.
-"""
+Images of reading and LATEST items are checked against the item contract (docs/architecture.md, "Storage
+contracts"): what the consumers read (``device_id``, ``branch_id``, ``ts``, ``seq``, ``metrics``, ``origin_region``,
+``ingested_at``) is present and well formed, so nothing null reaches the cache or the warehouse. Values must be what
+a JSON reading can become: binary (``B``, ``BS``) and set (``SS``, ``NS``) attributes are refused. Numbers keep
+every digit DynamoDB stored: ``int`` when they fit 64 bits (what JSON encoders take as is), else ``Decimal``."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -23,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from devicepipe.batch_failures import BatchItemFailures
 from devicepipe.models import LATEST_SK, MAX_SEQ, is_valid_id
 
 READING_SK_PREFIX = "R#"
@@ -81,11 +81,13 @@ class Batch:
     rejected: list[Rejected] = field(default_factory=list)
     sequence_numbers: list[str] = field(default_factory=list)  # every record's, in stream order ("": none)
 
-    def response(self, failed: set[str]) -> dict[str, list[dict[str, str]]]:
-        """The partial batch response naming the ``failed`` records, in stream order. An empty identifier (a
-        record without a sequence number) makes Lambda retry the whole batch:
-        https://docs.aws.amazon.com/lambda/latest/dg/services-ddb-batchfailurereporting.html"""
-        return {"batchItemFailures": [{"itemIdentifier": s} for s in self.sequence_numbers if s in failed]}
+    def failures(self, failed: Container[str]) -> BatchItemFailures:
+        """The ``failed`` records, in stream order (one without a sequence number, "", fails the whole batch)."""
+        return BatchItemFailures.of(self.sequence_numbers, failed)
+
+    def response(self, failed: Container[str]) -> dict[str, list[dict[str, str]]]:
+        """The partial batch response naming the ``failed`` records (``failures``)."""
+        return self.failures(failed).to_response()
 
 
 class BadRecord(ValueError):
