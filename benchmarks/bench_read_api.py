@@ -15,6 +15,7 @@ import json
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -36,6 +37,10 @@ REQUESTS = 3_000
 TABLE = "readings"
 PREFIX = "bench-read"
 LATEST_ROUTE = "/devices/{device_id}/latest"
+HOT_DEVICE = "dev-00007"
+ANSWER = {"device_id": HOT_DEVICE, "region": "us-east-1", "source": "cache"}  # the floors' answer, reading aside
+
+Row = tuple[str, float, float, bool]  # name, figure, target (0: none), met
 
 
 def fleet() -> dict[str, dict[str, Any]]:
@@ -134,9 +139,7 @@ def hit_ratio(events: list[dict[str, Any]], lookups: list[str], context: Any) ->
     return counted.count("hit") / len(counted)
 
 
-def cpu_ratio(
-    name: str, floor_is: str, floor: Callable[[], None], handler: Callable[[], None], runs: int = 15
-) -> tuple[str, float, float, bool]:
+def cpu_ratio(name: str, floor_is: str, floor: Callable[[], None], handler: Callable[[], None], runs: int = 15) -> Row:
     """CPU of 100 requests through the handler against the floor's, best of ``runs`` alternating runs."""
     floor_s, handler_s = interleaved(runs, floor, handler)
     ratio = handler_s / floor_s
@@ -147,7 +150,21 @@ def cpu_ratio(
     return (f"read: {name} CPU ratio to floor", ratio, 0.0, True)
 
 
-def main() -> list[tuple[str, float, float, bool]]:
+@dataclass(frozen=True)
+class Rig:
+    """The read handler wired to a stubbed table and to Redis, and what the measurements look at."""
+
+    client: Any  # Redis
+    dynamodb: Any  # the stubbed client: its ``calls`` by operation
+    items: dict[str, dict[str, Any]]  # the table's LATEST items
+    writer: CacheWriter
+    lookups: list[str]  # each cache lookup's outcome, as the read layer reports it
+    trips: RoundTrips
+    context: Any
+
+
+def wire() -> tuple[Rig, str]:
+    """The rig, and which Redis it uses."""
     os.environ.setdefault("TABLE_NAME", TABLE)  # the handler's settings; its clients are replaced below
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
     client, where = local_redis()
@@ -157,85 +174,100 @@ def main() -> list[tuple[str, float, float, bool]]:
     writer = CacheWriter(client, prefix=PREFIX)
     reads = Reads(writer, dynamodb, TABLE, on_lookup=lambda kind, outcome: lookups.append(outcome))
     read_app._reads = lambda: reads  # type: ignore[assignment]
-    context = FakeLambdaContext()
-    trips = RoundTrips(client)
-    print(f"read API: {DEVICES} devices in {BRANCHES} branches; DynamoDB: boto3 client stubbed at HTTP; {where}")
-    rows = []
+    return Rig(client, dynamodb, items, writer, lookups, RoundTrips(client), FakeLambdaContext()), where
 
-    clear(client)
-    hot = request(LATEST_ROUTE, device_id="dev-00007")
+
+def trips_on_a_hit(rig: Rig, event: dict[str, Any]) -> int:
+    """Redis round trips of a request the cache answers: the first of two fills it (and loads the CAS script)."""
     with quiet_stdout():
-        serve(hot, context)  # miss: fills the cache and loads the CAS script
-    before = trips.count
+        serve(event, rig.context)
+    before = rig.trips.count
     with quiet_stdout():
-        serve(hot, context)
-    hit_trips = trips.count - before
-    rows.append(("read: Redis round trips per /latest hit", float(hit_trips), 1.0, hit_trips == 1))
-    per_route = {}
-    for name, event in (
-        ("branch listing", request("/branches/{branch_id}/devices", branch_id="branch-007")),
-        ("branch list", request("/branches")),
-    ):
-        with quiet_stdout():
-            serve(event, context)  # the miss loads the view
-        before = trips.count
-        with quiet_stdout():
-            serve(event, context)
-        per_route[name] = trips.count - before
+        serve(event, rig.context)
+    return rig.trips.count - before
+
+
+def round_trip_rows(rig: Rig) -> list[Row]:
+    clear(rig.client)
+    hit_trips = trips_on_a_hit(rig, request(LATEST_ROUTE, device_id=HOT_DEVICE))
+    per_route = {
+        name: trips_on_a_hit(rig, event)
+        for name, event in (
+            ("branch listing", request("/branches/{branch_id}/devices", branch_id="branch-007")),
+            ("branch list", request("/branches")),
+        )
+    }
     print(
         f"  Redis round trips per request on a hit: /latest {hit_trips} (target 1), "
         + ", ".join(f"{k} {v}" for k, v in per_route.items())
     )
+    return [("read: Redis round trips per /latest hit", float(hit_trips), 1.0, hit_trips == 1)]
 
-    key = f"{PREFIX}:device:dev-00007"
-    body = {"device_id": "dev-00007", "region": "us-east-1", "source": "cache"}
+
+def hit_cpu_row(rig: Rig) -> Row:
+    """A cached device's ``/latest``: HOT_DEVICE, left in the cache by round_trip_rows."""
+    hot = request(LATEST_ROUTE, device_id=HOT_DEVICE)
+    key = f"{PREFIX}:device:{HOT_DEVICE}"
 
     def hit_floor() -> None:
         for _ in range(100):
-            fields = client.hgetall(key)
-            json.dumps({**body, "reading": json.loads(fields[b"reading"])})
+            fields = rig.client.hgetall(key)
+            json.dumps({**ANSWER, "reading": json.loads(fields[b"reading"])})
 
     def hit_handler() -> None:
         with quiet_stdout():
             for _ in range(100):
-                serve(hot, context)
+                serve(hot, rig.context)
 
-    rows.append(cpu_ratio("cache hit", "HGETALL + JSON", hit_floor, hit_handler))
+    return cpu_ratio("cache hit", "HGETALL + JSON", hit_floor, hit_handler)
 
+
+def miss_cpu_row(rig: Rig) -> Row:
     # Every miss is a device not cached yet: each run takes the next 100 (the floor reads the same ones).
-    clear(client)
+    clear(rig.client)
     batches = iter(range(0, DEVICES, 100))
     runs: list[list[dict[str, Any]]] = []
 
     def miss_floor() -> None:
         runs.append([request(LATEST_ROUTE, device_id=f"dev-{i:05d}") for i in range(next(batches), DEVICES)][:100])
         for event in runs[-1]:
-            client.hgetall(f"{PREFIX}:device:{event['pathParameters']['device_id']}")
+            rig.client.hgetall(f"{PREFIX}:device:{event['pathParameters']['device_id']}")
             pk = "DEVICE#" + event["pathParameters"]["device_id"]
-            item = dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": pk}, "sk": {"S": "LATEST"}})["Item"]
-            json.dumps({**body, "reading": unmarshal_item(item)})
+            item = rig.dynamodb.get_item(TableName=TABLE, Key={"pk": {"S": pk}, "sk": {"S": "LATEST"}})["Item"]
+            json.dumps({**ANSWER, "reading": unmarshal_item(item)})
 
     def miss_handler() -> None:
         with quiet_stdout():
             for event in runs[-1]:
-                serve(event, context)
+                serve(event, rig.context)
 
-    rows.append(cpu_ratio("cache miss", "HGETALL + GetItem + JSON", miss_floor, miss_handler, runs=DEVICES // 100))
+    return cpu_ratio("cache miss", "HGETALL + GetItem + JSON", miss_floor, miss_handler, runs=DEVICES // 100)
 
+
+def hit_ratio_rows(rig: Rig) -> list[Row]:
+    """The skewed workload from a cold cache, then from the cache the cache updater leaves in Redis."""
     events = workload(seed=11)
-    clear(client)
-    cold = hit_ratio(events, lookups, context)
-    clear(client)
-    updates = [update_from_item(p, str(p["latest_at"])) for p in (unmarshal_item(i) for i in items.values())]
-    writer.apply(updates)  # what the cache updater leaves in Redis
-    warm = hit_ratio(events, lookups, context)
+    clear(rig.client)
+    cold = hit_ratio(events, rig.lookups, rig.context)
+    clear(rig.client)
+    updates = [update_from_item(p, str(p["latest_at"])) for p in (unmarshal_item(i) for i in rig.items.values())]
+    rig.writer.apply(updates)
+    warm = hit_ratio(events, rig.lookups, rig.context)
     print(
         f"  hit ratio, {REQUESTS} requests over hot branches: {warm:.3f} with the cache updater's cache "
-        f"(target 0.85), {cold:.3f} from a cold cache; DynamoDB calls {dynamodb.calls}"
+        f"(target 0.85), {cold:.3f} from a cold cache; DynamoDB calls {rig.dynamodb.calls}"
     )
-    rows.append(("read: hit ratio, cache updater running", warm, 0.85, warm >= 0.85))
-    rows.append(("read: hit ratio, cold cache", cold, 0.0, True))
-    clear(client)
-    if isinstance(client, redis.Redis):
-        client.close()
+    return [
+        ("read: hit ratio, cache updater running", warm, 0.85, warm >= 0.85),
+        ("read: hit ratio, cold cache", cold, 0.0, True),
+    ]
+
+
+def main() -> list[Row]:
+    rig, where = wire()
+    print(f"read API: {DEVICES} devices in {BRANCHES} branches; DynamoDB: boto3 client stubbed at HTTP; {where}")
+    rows = [*round_trip_rows(rig), hit_cpu_row(rig), miss_cpu_row(rig), *hit_ratio_rows(rig)]
+    clear(rig.client)
+    if isinstance(rig.client, redis.Redis):
+        rig.client.close()
     return rows

@@ -32,6 +32,7 @@ from devicepipe.cache import CacheUnavailable, CacheWriter, Update, epoch_ms, up
 from devicepipe.dynamo import latest_item, reading_item
 from devicepipe.models import parse_reading, unmarshal_item
 from devicepipe.reads import BRANCH_INDEX
+from devicepipe_tools import wording
 
 #: Devices per Redis pipeline: a few hundred compare-and-set calls are one round trip of a few hundred KB.
 DEFAULT_BATCH = 500
@@ -76,9 +77,10 @@ class RebuildReport:
 
     def line(self) -> str:
         return (
-            f"{self.region}: {self.devices} devices scanned from {self.table}/{BRANCH_INDEX} in {self.scan_pages} "
-            f"pages; {self.written} written, {self.kept} kept (cache as new or newer), {self.expired} expired "
-            f"skipped; {self.branches} branch views marked loaded; {self.pipelines} Redis pipelines; "
+            f"{self.region}: {wording.count(self.devices, 'device')} scanned from {self.table}/{BRANCH_INDEX} in "
+            f"{wording.count(self.scan_pages, 'page')}; {self.written} written, {self.kept} kept (cache as new or "
+            f"newer), {self.expired} expired skipped; {wording.count(self.branches, 'branch view')} marked loaded; "
+            f"{wording.count(self.pipelines, 'Redis pipeline')}; "
             f"{self.seconds:.2f} s ({self.rate:,.0f} devices/s)"
         )
 

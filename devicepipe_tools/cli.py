@@ -15,17 +15,17 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 
-from devicepipe_tools import read_client, registry_cli
+from devicepipe_tools import read_client, registry_cli, wording
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.outage import down_regions
 from devicepipe_tools.local.resources import clients as local_clients
@@ -41,6 +41,9 @@ from devicepipe_tools.producer import (
 )
 from devicepipe_tools.read_client import NoApi, ReadClient, RequestFailed
 from devicepipe_tools.template import ROOT, load_template
+
+if TYPE_CHECKING:
+    from devicepipe.loader import Loader
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
@@ -77,7 +80,27 @@ def _accept_aws_region(environ: MutableMapping[str, str] = os.environ) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devicepipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_produce(sub)
+    _add_local(sub)
+    _add_loads(sub)
+    _add_probe(sub)
+    _add_read(sub)
+    _add_cache(sub)
+    _add_invoke(sub)
+    _add_plan(sub)
+    registry_cli.add_parser(sub)
+    return parser
 
+
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
+
+
+def _add_state_dir(p: argparse.ArgumentParser, default: Path | None = stack.STATE_DIR) -> None:
+    """Where the local stack keeps its state (tests point it elsewhere); not shown in --help."""
+    p.add_argument("--state-dir", type=Path, default=default, help=argparse.SUPPRESS)
+
+
+def _add_produce(sub: _Subparsers) -> None:
     p = sub.add_parser("produce", help="push readings to the Kinesis stream")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="JSON-lines file of readings ('-' for stdin)")
@@ -107,77 +130,105 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="with --regions: seconds a region may fail a batch before it goes to the next one (default 10)",
     )
-    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    _add_state_dir(p)
     p.set_defaults(run=_produce)
 
+
+def _add_local(sub: _Subparsers) -> None:
     p = sub.add_parser("local", help="the local stack: up | down | status | env | demo | outage | recover | report")
     lsub = p.add_subparsers(required=True, metavar="ACTION")
-    for name, run, text in (
-        ("up", _local_up, "start the local stack in the background"),
-        ("down", _local_down, "stop it"),
-        ("status", _local_status, "show its resources, event source mappings, loader and replication"),
+    for name, run, text, add_options in (
+        ("up", _local_up, "start the local stack in the background", _local_up_options),
+        ("down", _local_down, "stop it", None),
+        ("status", _local_status, "show its resources, event source mappings, loader and replication", None),
         (
             "env",
             _local_env,
             "print the environment for the AWS CLI, boto3, redis-cli, psql, duckdb (docs/local-stack.md)",
+            _local_env_options,
         ),
-        ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it"),
-        ("chaos", _local_chaos, "kill its processes at random under load on a fresh stack, then check it"),
-        ("outage", _local_outage, "take one region of the running stack down (503s, functions stop)"),
-        ("recover", _local_outage, "bring a region that is down back up"),
-        ("report", _local_report, "run the branch reports now (ReportFunction's run, on the local warehouse)"),
+        ("demo", _local_demo, "run the pipeline end to end on a fresh stack and check it", _local_demo_options),
+        (
+            "chaos",
+            _local_chaos,
+            "kill its processes at random under load on a fresh stack, then check it",
+            _local_chaos_options,
+        ),
+        ("outage", _local_outage, "take one region of the running stack down (503s, functions stop)", _region_arg),
+        ("recover", _local_outage, "bring a region that is down back up", _region_arg),
+        (
+            "report",
+            _local_report,
+            "run the branch reports now (ReportFunction's run, on the local warehouse)",
+            _local_report_options,
+        ),
     ):
         a = lsub.add_parser(name, help=text)
-        a.add_argument(
-            "--state-dir",
-            type=Path,
-            default=None if name in ("demo", "chaos") else stack.STATE_DIR,
-            help=argparse.SUPPRESS,
-        )
+        # demo and chaos start a fresh stack in a directory of their own (DEMO_DIR, CHAOS_DIR) unless given one.
+        _add_state_dir(a, None if name in ("demo", "chaos") else stack.STATE_DIR)
         a.set_defaults(run=run, action_name=name)
-        if name in ("outage", "recover"):
-            a.add_argument("region")
-        if name == "env":
-            a.add_argument("--region", help="the stack's region to print (default: its first)")
-            a.add_argument("--json", action="store_true", help="one JSON object instead of export lines")
-        if name == "up":
-            a.add_argument(
-                "--port",
-                type=_port,
-                help="fixed ports: moto on PORT, Redis PORT+1, the registry PORT+2, each region's read API PORT+3 "
-                "on (default: free ports)",
-            )
-        if name == "report":
-            a.add_argument("--period", help="a day, YYYY-MM-DD (default: each branch's last two finished days)")
-            a.add_argument("--branch", action="append", default=[], help="this branch only (repeatable)")
-        if name in ("up", "demo"):
-            a.add_argument(
-                "--regions",
-                default="us-east-1",
-                help="comma-separated, or 'all' for samconfig.toml's (default us-east-1)",
-            )
-            a.add_argument(
-                "--replication-delay-ms",
-                type=_non_negative,
-                default=round(
-                    (stack.DEFAULT_REPLICATION_DELAY_S if name == "up" else stack.DEMO_REPLICATION_DELAY_S) * 1000
-                ),
-                help="global-table replication delay between regions (default %(default)s)",
-            )
-        if name == "demo":
-            a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")
-            a.add_argument("--devices", type=_positive, default=200)
-            a.add_argument("--branches", type=_positive, default=12)
-            a.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-            a.add_argument("--timeout", type=float, default=600, help="seconds to wait for draining")
-            a.add_argument("--json", action="store_true", help="print the figures as JSON too")
-        if name == "chaos":
-            a.add_argument("--duration", type=_positive_float, default=90, help="seconds of load (default 90)")
-            a.add_argument("--rate", type=_positive_float, default=50, help="readings per second (default 50)")
-            a.add_argument("--fault-every", type=_positive_float, default=6, help="mean seconds between faults")
-            a.add_argument("--seed", type=int, help="repeat a run's faults (default: a new seed, printed)")
-            a.add_argument("--timeout", type=float, default=300, help="seconds to wait for draining")
+        if add_options:
+            add_options(a)
 
+
+def _region_arg(a: argparse.ArgumentParser) -> None:
+    a.add_argument("region")
+
+
+def _local_env_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--region", help="the stack's region to print (default: its first)")
+    a.add_argument("--json", action="store_true", help="one JSON object instead of export lines")
+
+
+def _local_up_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument(
+        "--port",
+        type=_port,
+        help="fixed ports: moto on PORT, Redis PORT+1, the registry PORT+2, each region's read API PORT+3 "
+        "on (default: free ports)",
+    )
+    _add_stack_regions(a, stack.DEFAULT_REPLICATION_DELAY_S)
+
+
+def _local_report_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--period", help="a day, YYYY-MM-DD (default: each branch's last two finished days)")
+    a.add_argument("--branch", action="append", default=[], help="this branch only (repeatable)")
+
+
+def _add_stack_regions(a: argparse.ArgumentParser, replication_delay_s: float) -> None:
+    """The regions of a stack the command starts, and the replication delay between them."""
+    a.add_argument(
+        "--regions",
+        default="us-east-1",
+        help="comma-separated, or 'all' for samconfig.toml's (default us-east-1)",
+    )
+    a.add_argument(
+        "--replication-delay-ms",
+        type=_non_negative,
+        default=round(replication_delay_s * 1000),
+        help="global-table replication delay between regions (default %(default)s)",
+    )
+
+
+def _local_demo_options(a: argparse.ArgumentParser) -> None:
+    _add_stack_regions(a, stack.DEMO_REPLICATION_DELAY_S)
+    a.add_argument("--readings", type=_positive, default=10_000, help="good readings (default 10000)")
+    a.add_argument("--devices", type=_positive, default=200)
+    a.add_argument("--branches", type=_positive, default=12)
+    a.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    a.add_argument("--timeout", type=float, default=600, help="seconds to wait for draining")
+    a.add_argument("--json", action="store_true", help="print the figures as JSON too")
+
+
+def _local_chaos_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--duration", type=_positive_float, default=90, help="seconds of load (default 90)")
+    a.add_argument("--rate", type=_positive_float, default=50, help="readings per second (default 50)")
+    a.add_argument("--fault-every", type=_positive_float, default=6, help="mean seconds between faults")
+    a.add_argument("--seed", type=int, help="repeat a run's faults (default: a new seed, printed)")
+    a.add_argument("--timeout", type=float, default=300, help="seconds to wait for draining")
+
+
+def _add_loads(sub: _Subparsers) -> None:
     p = sub.add_parser("loads", help="warehouse loads: list | errors OBJECT | reload OBJECT")
     p.add_argument("action", choices=["list", "errors", "reload"])
     p.add_argument("object", nargs="?", help="a quarantined staged object's key (as `loads list` shows it)")
@@ -190,9 +241,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--manifest-bucket", help="bucket holding the manifests (AWS; default: --staging-bucket)")
     p.add_argument("--region", help="AWS region of the warehouse (and of its staging bucket)")
-    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    _add_state_dir(p)
     p.set_defaults(run=_loads)
 
+
+def _add_probe(sub: _Subparsers) -> None:
     p = sub.add_parser("probe", help="probe replication: global-table replication lag between regions")
     p.add_argument("what", choices=["replication"])
     p.add_argument("--regions", help="comma-separated; every ordered pair is probed (default: samconfig.toml's)")
@@ -204,50 +257,74 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a marker counts as lost")
     p.add_argument("--max-p99-ms", type=float, help="also fail (exit 1) when p99 lag is above this")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
-    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    _add_state_dir(p)
     p.set_defaults(run=_probe)
 
+
+def _add_read(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "read", help="read data back through the read API: latest | history | branch | branches | report"
     )
     rsub = p.add_subparsers(required=True, metavar="WHAT")
-    for name, text in (
-        ("latest", "a device's newest reading"),
-        ("history", "a device's readings, newest first"),
-        ("branch", "a branch's devices with their latest readings, most recently seen first"),
-        ("branches", "every branch that has devices"),
-        ("report", "a branch's report for one day (its stored report)"),
+    for name, text, add_arguments in (
+        ("latest", "a device's newest reading", _device_arg),
+        ("history", "a device's readings, newest first", _read_history_arguments),
+        ("branch", "a branch's devices with their latest readings, most recently seen first", _read_branch_arguments),
+        ("branches", "every branch that has devices", None),
+        ("report", "a branch's report for one day (its stored report)", _read_report_arguments),
     ):
         r = rsub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
         r.set_defaults(run=_read, what=name, all=False)
-        if name in ("latest", "history"):
-            r.add_argument("device")
-        if name == "report":
-            r.add_argument("branch")
-            r.add_argument("--period", type=_day, help="the branch's local day, YYYY-MM-DD (default: yesterday, UTC)")
-        if name == "branch":
-            r.add_argument("branch")
-            r.add_argument("--stale-after", type=_positive, help="seconds after which a device is stale")
-        if name == "history":
-            r.add_argument("--since", type=_when, help="from this time: 30m, 1h, 2d ago, or an RFC 3339 time")
-            r.add_argument("--until", type=_when, help="up to this time (exclusive), in the same forms")
-        if name in ("history", "branch"):
-            r.add_argument("--limit", type=_positive, help="entries per page, 1..1000 (default: the API's 100)")
-            r.add_argument(
-                "--all",
-                action="store_true",
-                help="every page, following next_cursor (--json: one document holding them all)",
-            )
-        r.add_argument("--json", action="store_true", help="print the API's JSON as it is (for scripts)")
-        target = r.add_mutually_exclusive_group()
-        target.add_argument("--local", action="store_true", help="the running local stack's API")
-        target.add_argument("--api-url", help="this API (default: the deployed stack's ReadApiUrl output)")
-        r.add_argument("--region", help="region (default: AWS_REGION, AWS_DEFAULT_REGION, samconfig.toml's first)")
-        r.add_argument("--stack-name", help="deployed stack (default: samconfig.toml's stack_name for the region)")
-        r.add_argument("--token", help="JWT sent as a Bearer token instead of SigV4 (default $DEVICEPIPE_API_TOKEN)")
-        r.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-        r.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+        if add_arguments:
+            add_arguments(r)
+        _add_read_api_options(r)
 
+
+def _device_arg(r: argparse.ArgumentParser) -> None:
+    r.add_argument("device")
+
+
+def _read_history_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("device")
+    r.add_argument("--since", type=_when, help="from this time: 30m, 1h, 2d ago, or an RFC 3339 time")
+    r.add_argument("--until", type=_when, help="up to this time (exclusive), in the same forms")
+    _add_paging(r)
+
+
+def _read_branch_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("branch")
+    r.add_argument("--stale-after", type=_positive, help="seconds after which a device is stale")
+    _add_paging(r)
+
+
+def _read_report_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("branch")
+    r.add_argument("--period", type=_day, help="the branch's local day, YYYY-MM-DD (default: yesterday, UTC)")
+
+
+def _add_paging(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--limit", type=_positive, help="entries per page, 1..1000 (default: the API's 100)")
+    r.add_argument(
+        "--all",
+        action="store_true",
+        help="every page, following next_cursor (--json: one document holding them all)",
+    )
+
+
+def _add_read_api_options(r: argparse.ArgumentParser) -> None:
+    """Which read API a read asks, how, and how it prints the answer."""
+    r.add_argument("--json", action="store_true", help="print the API's JSON as it is (for scripts)")
+    target = r.add_mutually_exclusive_group()
+    target.add_argument("--local", action="store_true", help="the running local stack's API")
+    target.add_argument("--api-url", help="this API (default: the deployed stack's ReadApiUrl output)")
+    r.add_argument("--region", help="region (default: AWS_REGION, AWS_DEFAULT_REGION, samconfig.toml's first)")
+    r.add_argument("--stack-name", help="deployed stack (default: samconfig.toml's stack_name for the region)")
+    r.add_argument("--token", help="JWT sent as a Bearer token instead of SigV4 (default $DEVICEPIPE_API_TOKEN)")
+    r.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    _add_state_dir(r)
+
+
+def _add_cache(sub: _Subparsers) -> None:
     p = sub.add_parser("cache", help="the Redis cache: rebuild (refill it from the table after a loss)")
     p.add_argument("action", choices=["rebuild"])
     p.add_argument("--local", action="store_true", help="the running local stack (every region, or --region's)")
@@ -257,18 +334,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="AWS: reach Redis through this URL (a tunnel) instead of the stack's endpoint")
     p.add_argument("--batch", type=_positive, default=500, help="devices per Redis pipeline (default 500)")
     p.add_argument("--json", action="store_true", help="print each region's figures as JSON too")
-    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    _add_state_dir(p)
     p.set_defaults(run=_cache)
 
+
+def _add_invoke(sub: _Subparsers) -> None:
     p = sub.add_parser("invoke", help="run one function's handler with an event (Docker-free sam local invoke)")
     p.add_argument("function", help="logical id in template.yaml, e.g. IngestFunction")
     p.add_argument("--event", required=True, help="event JSON file (see events/)")
     p.add_argument("--local", action="store_true", help="against the running local stack")
     p.add_argument("--region", help="region (default: the local stack's first, or the credential chain's)")
     p.add_argument("--env-vars", help="JSON file of environment overrides, as for `sam local invoke --env-vars`")
-    p.add_argument("--state-dir", type=Path, default=stack.STATE_DIR, help=argparse.SUPPRESS)
+    _add_state_dir(p)
     p.set_defaults(run=_invoke)
 
+
+def _add_plan(sub: _Subparsers) -> None:
     p = sub.add_parser(
         "plan",
         help="capacity and monthly cost of a fleet on this template (docs/plan.md)",
@@ -289,9 +370,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", action="store_true", help="also print every cost line (quantity x unit price)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (for scripts)")
     p.set_defaults(run=_plan)
-
-    registry_cli.add_parser(sub)
-    return parser
 
 
 def _positive(text: str) -> int:
@@ -332,54 +410,16 @@ def _non_negative(text: str) -> int:
 # ----------------------------------------------------------------------------------------------- produce
 def _produce(args: argparse.Namespace) -> int:
     regions = _regions(args.regions) if args.regions else (args.region,)
-    if args.local:
-        state = stack.read_state(args.state_dir)
-        regions = regions if regions != (None,) else (next(iter(state["regions"])),)
-        targets = [
-            (
-                local_clients(state["endpoint"], str(r), "kinesis")["kinesis"],
-                stack.region_resources(state, str(r)).names["ReadingsStream"],
-            )
-            for r in regions
-        ]
-        if args.stream:
-            targets[0] = (targets[0][0], args.stream)
-    else:
-        streams = args.stream.split(",") if args.stream else []
-        if not streams or len(streams) != len(regions):
-            print(
-                "devicepipe: --stream is required, one per region of --regions (or --local for the local stack)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        config = Config(retries={"mode": "standard"})
-        try:
-            targets = [
-                (boto3.client("kinesis", region_name=r, config=config), st)
-                for r, st in zip(regions, streams, strict=True)
-            ]
-        except BotoCoreError as exc:
-            raise ProducerError(str(exc)) from None
-    client, stream = targets[0]
+    targets = _local_targets(args, regions) if args.local else _aws_targets(args, regions)
     invalid: list[tuple[int, str]] = []
 
     def on_invalid(line: int, reason: str) -> None:
         invalid.append((line, reason))
         print(f"line {line}: {reason}", file=sys.stderr)
 
-    total = None
-    if args.simulate:
-        if args.count is None and args.duration is None:
-            print("devicepipe: --simulate needs --count or --duration", file=sys.stderr)
-            return EXIT_USAGE
-        total = args.count
-        entries: Any = entries_from_readings(
-            simulate(args.devices, args.branches, count=args.count, duration_s=args.duration, rate=args.rate)
-        )
-    else:
-        lines = sys.stdin if args.file == "-" else _open(args.file)
-        entries = read_readings(lines, on_invalid, strict=args.strict, validate=not args.no_validate)
+    entries, total = _entries(args, on_invalid)
     failures = FailureFile(args.failed_file)
+    client, stream = targets[0]
     producer = Producer(
         client,
         stream,
@@ -401,7 +441,7 @@ def _produce(args: argparse.Namespace) -> int:
     failures.close()
     print(
         f"sent {progress.sent}, failed {progress.failed}, invalid input lines {len(invalid)}, "
-        f"retried {progress.retried}, {progress.calls} PutRecords calls, {progress.rate:.0f} records/s"
+        f"retried {progress.retried}, {wording.count(progress.calls, 'PutRecords call')}, {progress.rate:.0f} records/s"
         + (f", {progress.failed_over} failed over to another region" if progress.failed_over else "")
         + (f"; failed records written to {failures.path}" if failures.count else "")
         + ("; stopped at the first invalid line (--strict)" if stopped_early else "")
@@ -409,6 +449,47 @@ def _produce(args: argparse.Namespace) -> int:
     if progress.failed:
         return EXIT_FAILED
     return EXIT_INPUT if invalid else EXIT_OK
+
+
+def _local_targets(args: argparse.Namespace, regions: tuple[str | None, ...]) -> list[tuple[Any, str]]:
+    """The local stack's Kinesis client and stream of each region (default: its first); --stream names the first."""
+    state = stack.read_state(args.state_dir)
+    regions = regions if regions != (None,) else (next(iter(state["regions"])),)
+    targets = [
+        (
+            local_clients(state["endpoint"], str(r), "kinesis")["kinesis"],
+            stack.region_resources(state, str(r)).names["ReadingsStream"],
+        )
+        for r in regions
+    ]
+    if args.stream:
+        targets[0] = (targets[0][0], args.stream)
+    return targets
+
+
+def _aws_targets(args: argparse.Namespace, regions: tuple[str | None, ...]) -> list[tuple[Any, str]]:
+    """A Kinesis client and --stream's stream for each region, in order of preference."""
+    streams = args.stream.split(",") if args.stream else []
+    if not streams or len(streams) != len(regions):
+        raise ProducerError("--stream is required, one per region of --regions (or --local for the local stack)")
+    config = Config(retries={"mode": "standard"})
+    try:
+        return [
+            (boto3.client("kinesis", region_name=r, config=config), st) for r, st in zip(regions, streams, strict=True)
+        ]
+    except BotoCoreError as exc:
+        raise ProducerError(str(exc)) from None
+
+
+def _entries(args: argparse.Namespace, on_invalid: Callable[[int, str], None]) -> tuple[Any, int | None]:
+    """The entries to send, from --simulate or --file, and how many there will be when that is known."""
+    if not args.simulate:
+        lines = sys.stdin if args.file == "-" else _open(args.file)
+        return read_readings(lines, on_invalid, strict=args.strict, validate=not args.no_validate), None
+    if args.count is None and args.duration is None:
+        raise ProducerError("--simulate needs --count or --duration")
+    readings = simulate(args.devices, args.branches, count=args.count, duration_s=args.duration, rate=args.rate)
+    return entries_from_readings(readings), args.count
 
 
 def _open(path: str) -> Any:
@@ -481,11 +562,12 @@ def _local_status(args: argparse.Namespace) -> int:
     for name, s in stack.mapping_stats(args.state_dir).items():
         lat = s["latency_ms"]
         print(
-            f"  {name}: {s['records_done']} records done in {s['invocations']} invocations, "
-            f"{s['partial_failures']} partial failures, {s['function_errors']} errors, "
-            f"{s['sent_to_destination']} to the on-failure destination, latency p50 {lat['p50']} ms "
-            f"p99 {lat['p99']} ms, {'drained' if s['drained'] else 'busy'}"
-            + (f"; last error: {s['last_error']}" if s["last_error"] else "")
+            f"  {name}: {wording.count(s['records_done'], 'record')} done in "
+            f"{wording.count(s['invocations'], 'invocation')}, "
+            f"{wording.count(s['partial_failures'], 'partial failure')}, "
+            f"{wording.count(s['function_errors'], 'error')}, "
+            f"{s['sent_to_destination']} to the on-failure destination, {wording.percentiles('latency', lat)}, "
+            f"{'drained' if s['drained'] else 'busy'}" + (f"; last error: {s['last_error']}" if s["last_error"] else "")
         )
     from devicepipe_tools.local.loader_worker import status_lines
 
@@ -495,9 +577,9 @@ def _local_status(args: argparse.Namespace) -> int:
         print(f"  regions down: {', '.join(sorted(down))}")
     if r := stack.replication_stats(args.state_dir):
         print(
-            f"  replication (delay {r['delay_ms']} ms): {r['replicated']} writes replicated, {r['superseded']} "
-            f"superseded by a later write, {r['pending']} pending, {r['held_for_down_regions']} held for regions "
-            f"down; lag p50 {r['lag_ms']['p50']} ms p99 {r['lag_ms']['p99']} ms"
+            f"  replication (delay {r['delay_ms']} ms): {wording.count(r['replicated'], 'write')} replicated, "
+            f"{r['superseded']} superseded by a later write, {r['pending']} pending, {r['held_for_down_regions']} "
+            f"held for regions down; {wording.percentiles('lag', r['lag_ms'])}"
         )
     return EXIT_FAILED if any(p.get("gave_up") for p in state.get("processes", [])) else EXIT_OK
 
@@ -531,9 +613,10 @@ def _local_report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
-        f"{figures['due']} reports due: {figures['written']} written, {figures['unchanged']} unchanged, "
-        f"{figures['failed']} failed; {figures['notified']} notifications; {figures['replicated']} objects "
-        f"replicated to the other regions; {figures['seconds']} s"
+        f"{wording.count(figures['due'], 'report')} due: {figures['written']} written, "
+        f"{figures['unchanged']} unchanged, {figures['failed']} failed; "
+        f"{wording.count(figures['notified'], 'notification')}; "
+        f"{wording.count(figures['replicated'], 'object')} replicated to the other regions; {figures['seconds']} s"
     )
     for failure in figures["failures"]:
         print(f"  failed: {failure['branch_id']} {failure['period']}: {failure['reason']}", file=sys.stderr)
@@ -551,12 +634,25 @@ def _local_demo(args: argparse.Namespace) -> int:
         replication_delay_s=args.replication_delay_ms / 1000,
         keep=args.keep,
         timeout_s=args.timeout,
-        state_dir=args.state_dir or DEMO_DIR,
+        state_dir=args.state_dir or (_kept_demo_dir() if args.keep else DEMO_DIR),
     )
     print(render(result))
     if args.json:
         print(json.dumps(result.figures, indent=1))
     return EXIT_OK if result.consistent else EXIT_FAILED
+
+
+def _kept_demo_dir() -> Path:
+    """Where ``demo --keep`` runs: the local stack's own directory, so that the stack it leaves is the local stack
+    every command finds (`local status`, `down`, `env`, `produce --local`, ...). Refused over a running one."""
+    try:
+        state = stack.read_state(stack.STATE_DIR)
+    except stack.StackError:
+        return stack.STATE_DIR  # none, or a dead one's leftovers: the demo clears those before it starts
+    raise stack.StackError(
+        f"a local stack is already running (pid {state['pid']}): `devicepipe local down` first, or run the demo "
+        "without --keep (it then starts a stack of its own and stops it when done)"
+    )
 
 
 def _local_chaos(args: argparse.Namespace) -> int:
@@ -638,67 +734,90 @@ def _probe(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- loads
 def _loads(args: argparse.Namespace) -> int:
+    missing = [] if args.local else [f for f in ("workgroup", "staging_bucket", "region") if not getattr(args, f)]
+    if missing:
+        print(
+            f"devicepipe: loads needs --local, or {', '.join('--' + m.replace('_', '-') for m in missing)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    loader = _loader(args)
+    if args.action == "list":
+        return _loads_list(loader)
+    if not args.object:
+        print(f"devicepipe: loads {args.action} needs a quarantined object's key", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "errors":
+        return _loads_errors(loader, args.object)
+    return _loads_reload(loader, args.object)
+
+
+def _loader(args: argparse.Namespace) -> Loader:
+    """The local stack's loader, or one on the Redshift Data API and the staging bucket the options name."""
     from devicepipe.loader import Loader, Source
-    from devicepipe.warehouse import LoadFailed, RedshiftDataApi
+    from devicepipe.warehouse import RedshiftDataApi
 
     if args.local:
         from devicepipe_tools.local.loader_worker import build_loader
 
         # Listing reads the readers' snapshot: it never waits for the loader, nor makes the loader wait.
-        loader = build_loader(stack.read_state(args.state_dir), args.state_dir, snapshot=args.action == "list")
-    else:
-        missing = [f for f in ("workgroup", "staging_bucket", "region") if not getattr(args, f)]
-        if missing:
-            print(
-                f"devicepipe: loads needs --local, or {', '.join('--' + m.replace('_', '-') for m in missing)}",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        warehouse = RedshiftDataApi(
-            boto3.client("redshift-data", region_name=args.region), args.workgroup, args.database
-        )
-        source = Source(args.staging_bucket, args.region)
-        s3 = boto3.client("s3", region_name=args.region)
-        loader = Loader(s3, warehouse, source, args.manifest_bucket or args.staging_bucket, region=args.region)
-    if args.action == "list":
-        pending = loader.pending()
-        print(f"pending: {len(pending)} staged objects in {len(loader.plan(pending))} manifests")
-        for obj in pending[:10]:
-            print(f"  {obj.url}  {obj.size} bytes")
-        ((count,),) = loader.warehouse.query("SELECT COUNT(*) FROM load_ledger") or [(0,)]
-        loaded = loader.warehouse.query(
-            "SELECT manifest_key, loaded_at, object_count FROM load_ledger ORDER BY loaded_at DESC LIMIT 10"
-        )
-        print(f"loaded: {count} manifests")
-        for key, at, n in reversed(loaded):
-            print(f"  {key}  {at}  {n} objects")
-        quarantined = loader.quarantine_records()
-        print(f"quarantined: {len(quarantined)} objects (`loads errors KEY`; fix the object, then `loads reload KEY`)")
-        for doc in quarantined:
-            first = (doc["errors"] or [{"line": "?", "reason": doc["error"]}])[0]
-            print(f"  {doc['key']}  line {first['line']}: {str(first['reason'])[:100]}")
-        return EXIT_OK
-    if not args.object:
-        print(f"devicepipe: loads {args.action} needs a quarantined object's key", file=sys.stderr)
+        return build_loader(stack.read_state(args.state_dir), args.state_dir, snapshot=args.action == "list")
+    warehouse = RedshiftDataApi(boto3.client("redshift-data", region_name=args.region), args.workgroup, args.database)
+    source = Source(args.staging_bucket, args.region)
+    s3 = boto3.client("s3", region_name=args.region)
+    return Loader(s3, warehouse, source, args.manifest_bucket or args.staging_bucket, region=args.region)
+
+
+def _loads_list(loader: Loader) -> int:
+    """What is pending, the last loads, and what is quarantined."""
+    pending = loader.pending()
+    manifests = len(loader.plan(pending))
+    print(f"pending: {wording.count(len(pending), 'staged object')} in {wording.count(manifests, 'manifest')}")
+    for obj in pending[:10]:
+        print(f"  {obj.url}  {obj.size} bytes")
+    ((count,),) = loader.warehouse.query("SELECT COUNT(*) FROM load_ledger") or [(0,)]
+    loaded = loader.warehouse.query(
+        "SELECT manifest_key, loaded_at, object_count FROM load_ledger ORDER BY loaded_at DESC LIMIT 10"
+    )
+    print(f"loaded: {wording.count(count, 'manifest')}")
+    for key, at, n in reversed(loaded):
+        print(f"  {key}  {at}  {wording.count(n, 'object')}")
+    quarantined = loader.quarantine_records()
+    quarantined_objects = wording.count(len(quarantined), "object")
+    print(f"quarantined: {quarantined_objects} (`loads errors KEY`; fix the object, then `loads reload KEY`)")
+    for doc in quarantined:
+        first = (doc["errors"] or [{"line": "?", "reason": doc["error"]}])[0]
+        print(f"  {doc['key']}  line {first['line']}: {str(first['reason'])[:100]}")
+    return EXIT_OK
+
+
+def _loads_errors(loader: Loader, key: str) -> int:
+    record = loader.quarantine_record(key)
+    if record is None:
+        print(f"devicepipe: no quarantined object {key}", file=sys.stderr)
         return EXIT_USAGE
-    if args.action == "errors":
-        record = loader.quarantine_record(args.object)
-        if record is None:
-            print(f"devicepipe: no quarantined object {args.object}", file=sys.stderr)
-            return EXIT_USAGE
-        print(f"{record['object']} (quarantined {record['quarantined_at']}): {record['error']}")
-        for e in record["errors"] or [{"file": "?", "line": "?", "column": "?", "reason": record["error"]}]:
-            print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}")
-        return EXIT_OK
+    print(f"{record['object']} (quarantined {record['quarantined_at']}): {record['error']}")
+    for e in record["errors"] or [{"file": "?", "line": "?", "column": "?", "reason": record["error"]}]:
+        print(_load_error_line(e))
+    return EXIT_OK
+
+
+def _loads_reload(loader: Loader, key: str) -> int:
+    from devicepipe.warehouse import LoadFailed
+
     try:
-        loader.reload(args.object)
+        loader.reload(key)
     except LoadFailed as exc:
         print(f"devicepipe: reload failed: {exc}", file=sys.stderr)
         for e in exc.errors:
-            print(f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}", file=sys.stderr)
+            print(_load_error_line(e), file=sys.stderr)
         return EXIT_FAILED
-    print(f"{args.object} loaded")
+    print(f"{key} loaded")
     return EXIT_OK
+
+
+def _load_error_line(e: dict[str, Any]) -> str:
+    return f"  file {e['file']}  line {e['line']}  column {e['column']}  {e['reason']}"
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -846,7 +965,7 @@ def _render_latest(doc: dict[str, Any], now: datetime) -> str:
 
 def _render_history(doc: dict[str, Any], now: datetime) -> str:
     rows = [[r["ts"], str(r.get("seq", 0)), _metrics(r.get("metrics", {}))] for r in doc["readings"]]
-    title = f"{doc['device_id']}: {len(rows)} readings, newest first ({doc.get('region')})"
+    title = f"{doc['device_id']}: {wording.count(len(rows), 'reading')}, newest first ({doc.get('region')})"
     return _table(title, ["ts", "seq", "metrics"], rows)
 
 
@@ -862,7 +981,7 @@ def _render_branch(doc: dict[str, Any], now: datetime) -> str:
         for d in doc["devices"]
     ]
     title = (
-        f"branch {doc['branch_id']}: {len(rows)} devices, most recently seen first "
+        f"branch {doc['branch_id']}: {wording.count(len(rows), 'device')}, most recently seen first "
         f"(from the {doc.get('source')} in {doc.get('region')}; stale after {doc.get('stale_after')} s)"
     )
     return _table(title, ["device", "last seen", "age", "stale", "metrics"], rows)
@@ -870,7 +989,7 @@ def _render_branch(doc: dict[str, Any], now: datetime) -> str:
 
 def _render_branches(doc: dict[str, Any], now: datetime) -> str:
     rows = [[b["branch_id"], str(b["devices"]), b["last_seen"], _age(b["last_seen"], now)] for b in doc["branches"]]
-    title = f"{len(rows)} branches (from the {doc.get('source')} in {doc.get('region')})"
+    title = f"{wording.count(len(rows), 'branch')} (from the {doc.get('source')} in {doc.get('region')})"
     return _table(title, ["branch", "devices", "last seen", "age"], rows)
 
 
@@ -889,7 +1008,7 @@ def _render_report(doc: dict[str, Any], now: datetime) -> str:
     ]
     title = (
         f"branch {report['branch_id']} ({report['branch_name']}), {report['period']} in {report['time_zone']}"
-        f"{'' if report['final'] else ' (not final yet)'}: {summary['readings']} readings, "
+        f"{'' if report['final'] else ' (not final yet)'}: {wording.count(summary['readings'], 'reading')}, "
         f"{summary['devices_reporting']} of {summary['devices_expected']} expected devices reporting, "
         f"{len(summary['unregistered_devices'])} unregistered, {summary['out_of_range']} out of range "
         f"(from the {doc.get('source')} in {doc.get('region')})"
@@ -933,6 +1052,62 @@ def _value(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- invoke
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def event_problem(template: dict[str, Any], function: str, path: Path) -> str | None:
+    """Why the file cannot be an event the function receives, in one line; None if it can. Checked: JSON, an
+    object, and for a stream function a ``Records`` list from its event source (``aws:kinesis`` or
+    ``aws:dynamodb``, from its event source mapping), for an HTTP API function a payload 2.0 request."""
+    try:
+        event = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot read the event file {path}: {exc}"
+    except json.JSONDecodeError as exc:
+        return f"{path} is not JSON: {exc}"
+    if not isinstance(event, dict):
+        return f"{path} holds a JSON {_JSON_TYPES.get(type(event), 'null')}: an event is a JSON object (see events/)"
+    if source := _event_source(template, function):
+        records = event.get("Records")
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            return f'{path} is not a stream event: {function} takes {{"Records": [...]}} from {source} (see events/)'
+        if others := sorted({str(r.get("eventSource")) for r in records} - {source}):
+            return f"{path} holds records from {', '.join(others)}: {function} reads {source} (see events/)"
+    elif _serves_http(template, function) and not (
+        event.get("version") == "2.0" and isinstance(event.get("requestContext"), dict)
+    ):
+        return f"{path} is not an HTTP API request (payload 2.0) for {function} (see events/read_api/)"
+    return None
+
+
+def _event_source(template: dict[str, Any], function: str) -> str | None:
+    """``aws:kinesis`` or ``aws:dynamodb`` for a function an event source mapping invokes, else None."""
+
+    def referenced(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            ids = {str(v).split(".")[0] if isinstance(v, str) else str(v[0]) for k, v in node.items() if k in _REFS}
+            return ids.union(*(referenced(v) for v in node.values()))
+        if isinstance(node, list):
+            return set().union(*(referenced(v) for v in node))
+        return set()
+
+    resources = template.get("Resources", {})
+    for res in resources.values():
+        props = res.get("Properties", {})
+        if res.get("Type") == "AWS::Lambda::EventSourceMapping" and props.get("FunctionName") == {"Ref": function}:
+            types = {resources.get(ref, {}).get("Type", ref) for ref in referenced(props.get("EventSourceArn"))}
+            return "aws:kinesis" if "AWS::Kinesis::Stream" in types else "aws:dynamodb"
+    return None
+
+
+_REFS = ("Ref", "Fn::GetAtt")
+
+
+def _serves_http(template: dict[str, Any], function: str) -> bool:
+    events = template.get("Resources", {}).get(function, {}).get("Properties", {}).get("Events", {})
+    return any(e.get("Type") == "HttpApi" for e in events.values())
+
+
 def _invoke(args: argparse.Namespace) -> int:
     from devicepipe_tools.local.resources import template_env
     from devicepipe_tools.template import load_template, resource
@@ -945,6 +1120,9 @@ def _invoke(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not Path(args.event).is_file():
         print(f"devicepipe: no event file {args.event}", file=sys.stderr)
+        return EXIT_USAGE
+    if problem := event_problem(template, args.function, Path(args.event)):
+        print(f"devicepipe: {problem}", file=sys.stderr)
         return EXIT_USAGE
     if args.local and args.function in _RUN_BY_THE_STACK:
         print(

@@ -15,8 +15,9 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -140,32 +141,39 @@ class Fleet:
     headroom: float = 2.0  # provisioned capacity / average load
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.devices < 1:
-            problems.append("--devices must be at least 1")
-        if not self.interval_s > 0 or not math.isfinite(self.interval_s):
-            problems.append("--interval must be a positive number of seconds")
-        if self.branches < 1:
-            problems.append("--branches must be at least 1")
-        elif self.branches > self.devices:
-            problems.append(f"--branches ({self.branches}) cannot exceed --devices ({self.devices})")
-        if not self.regions:
-            problems.append("--regions needs at least one region")
-        for region in self.regions:
-            if not REGION_RE.match(region):
-                problems.append(f"--regions: {region!r} is not a region name like us-east-1")
-        if len(set(self.regions)) != len(self.regions):
-            problems.append("--regions names a region twice")
-        if self.reading_bytes < 1:
-            problems.append("--reading-bytes must be at least 1")
-        if not self.reads_per_s >= 0 or not math.isfinite(self.reads_per_s):
-            problems.append("--reads-per-second must be zero or more")
-        if not 0 <= self.cache_hit_ratio <= 1:
-            problems.append("--cache-hit-ratio must be between 0 and 1")
-        if not self.headroom >= 1 or not math.isfinite(self.headroom):
-            problems.append("--headroom must be at least 1")
+        problems = [*self._size_problems(), *self._region_problems(), *self._read_problems()]
         if problems:
             raise PlanError("; ".join(problems))
+
+    def _size_problems(self) -> Iterator[str]:
+        if self.devices < 1:
+            yield "--devices must be at least 1"
+        if not self.interval_s > 0 or not math.isfinite(self.interval_s):
+            yield "--interval must be a positive number of seconds"
+        if self.branches < 1:
+            yield "--branches must be at least 1"
+        elif self.branches > self.devices:
+            yield f"--branches ({self.branches}) cannot exceed --devices ({self.devices})"
+
+    def _region_problems(self) -> Iterator[str]:
+        if not self.regions:
+            yield "--regions needs at least one region"
+        for region in self.regions:
+            if not REGION_RE.match(region):
+                yield f"--regions: {region!r} is not a region name like us-east-1"
+        if len(set(self.regions)) != len(self.regions):
+            yield "--regions names a region twice"
+
+    def _read_problems(self) -> Iterator[str]:
+        """The readings' size and how the fleet is read."""
+        if self.reading_bytes < 1:
+            yield "--reading-bytes must be at least 1"
+        if not self.reads_per_s >= 0 or not math.isfinite(self.reads_per_s):
+            yield "--reads-per-second must be zero or more"
+        if not 0 <= self.cache_hit_ratio <= 1:
+            yield "--cache-hit-ratio must be between 0 and 1"
+        if not self.headroom >= 1 or not math.isfinite(self.headroom):
+            yield "--headroom must be at least 1"
 
     @property
     def primary(self) -> str:
@@ -298,6 +306,10 @@ class Settings:
 
     def region(self, name: str) -> RegionSettings:
         return next(r for r in self.regions if r.region == name)
+
+    @property
+    def primary(self) -> RegionSettings:
+        return next(r for r in self.regions if r.primary)
 
 
 class _Context(Resolver):
@@ -728,30 +740,114 @@ class _Bill:
 
 
 def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
-    """The fleet's needs and monthly cost on this template at these prices (steady state)."""
+    """The fleet's needs and monthly cost on this template at these prices (steady state).
+
+    Each part of the bill adds its cost lines in turn (their order is the bill's) and returns what it needs.
+    """
     settings = settings_from_template(template, fleet)
+    _check_reading_bytes(fleet, settings)
+    flow = _Flow(fleet, settings)
     bill = _Bill(prices)
     warnings: list[str] = []
-    n_regions = len(fleet.regions)
-    r = fleet.readings_per_s
-    per_region_in = r / n_regions
-    latest_per_s = min(r, float(fleet.devices))  # one LATEST write per device per batch (batches ~1 s apart)
+    shards, kinesis = _kinesis(flow, bill, warnings)
+    partitions, dynamodb = _dynamodb(flow, bill)
+    needs = {
+        "kinesis": kinesis,
+        "dynamodb": dynamodb,
+        "lambda": _lambda(flow, {"kinesis": shards, "dynamodb": partitions}, bill, warnings),
+        "staging": _staging(flow, partitions, bill),
+        "redis": _redis(flow, prices, bill, warnings),
+        "aurora": _aurora(flow, bill),
+        "redshift": _redshift(flow, bill),
+    }
+    _network_and_operations(flow, bill)
+    if prices.fallbacks:
+        missing = sorted({f"{item} ({region})" for item, region in prices.fallbacks})
+        warnings.append(
+            f"priced at {prices.default_region} rates, for want of a line in prices.toml: " + ", ".join(missing)
+        )
+    return Plan(_fleet_doc(fleet), _template_doc(settings), needs, bill.lines, warnings, assumptions(fleet))
+
+
+def _check_reading_bytes(fleet: Fleet, settings: Settings) -> None:
     if fleet.reading_bytes > settings.max_reading_bytes:
         raise PlanError(
             f"--reading-bytes {fleet.reading_bytes} is above the ingest's MAX_READING_BYTES "
             f"({settings.max_reading_bytes}): such readings are quarantined"
         )
-    needs: dict[str, Any] = {}
 
-    # ------------------------------------------------------------------ Kinesis
+
+@dataclass(frozen=True)
+class _Flow:
+    """The fleet's rates that more than one part of the bill reads, on the template's settings."""
+
+    fleet: Fleet
+    settings: Settings
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.fleet.regions)
+
+    @property
+    def per_region_in(self) -> float:
+        """Readings a second arriving in each region."""
+        return self.fleet.readings_per_s / self.n_regions
+
+    @property
+    def latest_per_s(self) -> float:
+        """LATEST item writes a second: one per device per batch (batches ~1 s apart)."""
+        return min(self.fleet.readings_per_s, float(self.fleet.devices))
+
+    @cached_property
+    def kinds(self) -> list[tuple[dict[str, Any], float]]:
+        return stream_record_kinds(self.fleet, self.latest_per_s)
+
+    @property
+    def reads_per_region(self) -> float:
+        return self.fleet.reads_per_s / self.n_regions
+
+    @property
+    def misses(self) -> float:
+        return 1 - self.fleet.cache_hit_ratio
+
+    @property
+    def cycles_per_month(self) -> float:
+        """Warehouse load cycles a month (0: the template schedules no load)."""
+        interval = self.settings.load_interval_minutes
+        return (HOURS_PER_MONTH * 60 / interval) if interval else 0.0
+
+    @property
+    def rows_per_cycle(self) -> float:
+        return self.fleet.readings_per_s * self.settings.load_interval_minutes * 60
+
+    @property
+    def load_s(self) -> float:
+        """Billed seconds of one load cycle."""
+        if not self.cycles_per_month:
+            return 0.0
+        return max(REDSHIFT_MIN_BILLED_S, LOAD_FIXED_S + self.rows_per_cycle / LOAD_ROWS_PER_S)
+
+    @property
+    def stream_record_bytes(self) -> int:
+        # Lambda's table stream events only: a Kinesis batch (ingest) is far from 6 MB at its BatchSize.
+        return self.fleet.reading_bytes + STREAM_RECORD_EXTRA_BYTES
+
+    @property
+    def staged_row_bytes(self) -> int:
+        return self.fleet.reading_bytes + STAGED_ROW_EXTRA_BYTES
+
+
+def _kinesis(flow: _Flow, bill: _Bill, warnings: list[str]) -> tuple[int, dict[str, Any]]:
+    """Shards per region (the template's, or more where the load needs them) and their cost."""
+    fleet, per_region_in = flow.fleet, flow.per_region_in
     record_bytes = fleet.reading_bytes + PARTITION_KEY_BYTES
     bytes_per_s = per_region_in * record_bytes
     load = max(per_region_in / KINESIS_RECORDS_PER_SHARD, bytes_per_s / KINESIS_BYTES_PER_SHARD)
     shards_needed = max(1, math.ceil(load * fleet.headroom - 1e-9))
-    template_shards = settings.regions[0].kinesis_shards
+    template_shards = flow.settings.regions[0].kinesis_shards
     shards = max(template_shards, shards_needed)
-    units_per_record = math.ceil(record_bytes / PUT_PAYLOAD_UNIT_BYTES)
-    needs["kinesis"] = {
+    payload_units = per_region_in * math.ceil(record_bytes / PUT_PAYLOAD_UNIT_BYTES) * SECONDS_PER_MONTH
+    needs = {
         "records_per_s_per_region": per_region_in,
         "mb_per_s_per_region": bytes_per_s / MIB,
         "shard_load": load,
@@ -759,7 +855,7 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
         "template_shards": template_shards,
         "shards_costed": shards,
         "utilisation_of_template_shards": load / template_shards,
-        "put_payload_units_per_month_per_region": per_region_in * units_per_record * SECONDS_PER_MONTH,
+        "put_payload_units_per_month_per_region": payload_units,
     }
     if shards_needed > template_shards:
         warnings.append(
@@ -768,16 +864,14 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
         )
     for region in fleet.regions:
         bill.add("Kinesis", region, "kinesis.shard_hour", shards * HOURS_PER_MONTH, "shard-hours")
-        bill.add(
-            "Kinesis",
-            region,
-            "kinesis.put_payload_million",
-            per_region_in * units_per_record * SECONDS_PER_MONTH,
-            "PUT payload units",
-            per=1e6,
-        )
+        bill.add("Kinesis", region, "kinesis.put_payload_million", payload_units, "PUT payload units", per=1e6)
+    return shards, needs
 
-    # ------------------------------------------------------------------ DynamoDB
+
+def _dynamodb(flow: _Flow, bill: _Bill) -> tuple[int, dict[str, Any]]:
+    """Each region's table: write and read units, storage, replication; returns its stream's shards too."""
+    fleet, settings, n_regions = flow.fleet, flow.settings, flow.n_regions
+    r, latest_per_s = fleet.readings_per_s, flow.latest_per_s
     sizes = item_sizes(fleet.reading_bytes)
     wru = {k: write_units(v) for k, v in sizes.items()}
     # Every table write is a replicated write unit in every replica region (the origin included); a GSI whose
@@ -786,29 +880,18 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
     table_units_per_s = r * wru["reading"] + latest_per_s * wru["latest"]
     gsi_units_per_s = latest_per_s * 2 * wru["gsi"] * settings.gsis
     ttl_units_per_s = r * wru["reading"] * (n_regions - 1) / n_regions
-    stored_readings = r * 86400 * (settings.reading_ttl_days + TTL_LAG_DAYS)
-    table_bytes = stored_readings * (sizes["reading"] + DDB_ITEM_STORAGE_OVERHEAD) + fleet.devices * (
-        sizes["latest"] + DDB_ITEM_STORAGE_OVERHEAD
-    )
-    index_bytes = fleet.devices * (sizes["gsi"] + DDB_ITEM_STORAGE_OVERHEAD) * settings.gsis
-    storage_gb = (table_bytes + index_bytes) / GIB
-    reads_per_region = fleet.reads_per_s / n_regions
-    misses = 1 - fleet.cache_hit_ratio
-    devices_per_branch = fleet.devices / fleet.branches
-    rru_per_request = {
-        "latest": read_units(sizes["latest"]),
-        "branch": read_units(devices_per_branch * sizes["gsi"]),
-        "branches": read_units(fleet.devices * sizes["gsi"]),
-    }
-    rru_per_s = reads_per_region * misses * sum(READ_MIX[k] * rru_per_request[k] for k in READ_MIX)
+    storage_gb = _table_storage_gb(fleet, settings, sizes)
+    rru_per_s = _read_units_per_s(flow, sizes)
     partitions = max(
         1,
         math.ceil(storage_gb / PARTITION_GB),
         math.ceil((table_units_per_s + gsi_units_per_s) * fleet.headroom / PARTITION_WRITE_UNITS),
     )
-    replicated_gb = (per_region_in * sizes["reading"] + latest_per_s / n_regions * sizes["latest"]) * (n_regions - 1)
+    replicated_gb = (flow.per_region_in * sizes["reading"] + latest_per_s / n_regions * sizes["latest"]) * (
+        n_regions - 1
+    )
     replicated_gb *= SECONDS_PER_MONTH / GIB
-    needs["dynamodb"] = {
+    needs = {
         "item_bytes": sizes,
         "write_units_per_reading": {
             "reading": wru["reading"],
@@ -823,278 +906,373 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
         "stream_shards_assumed": partitions,
         "replicated_gb_out_per_month_per_region": replicated_gb,
     }
+    # A single-region table's writes are standard ones, and nothing leaves the region.
+    replicated = n_regions > 1
+    table_writes = (table_units_per_s + ttl_units_per_s) if replicated else table_units_per_s
+    table_item = "dynamodb.replicated_write_request_million" if replicated else "dynamodb.write_request_million"
     for region in fleet.regions:
-        rwru = (table_units_per_s + ttl_units_per_s) if n_regions > 1 else table_units_per_s
-        item = "dynamodb.replicated_write_request_million" if n_regions > 1 else "dynamodb.write_request_million"
-        bill.add("DynamoDB", region, item, rwru * SECONDS_PER_MONTH, "write units (table)", per=1e6)
-        bill.add(
-            "DynamoDB",
-            region,
-            "dynamodb.write_request_million",
-            gsi_units_per_s * SECONDS_PER_MONTH,
-            "write units (GSI)",
-            per=1e6,
-        )
-        bill.add(
-            "DynamoDB", region, "dynamodb.read_request_million", rru_per_s * SECONDS_PER_MONTH, "read units", per=1e6
-        )
+        bill.add("DynamoDB", region, table_item, table_writes * SECONDS_PER_MONTH, "write units (table)", per=1e6)
+        gsi_writes = gsi_units_per_s * SECONDS_PER_MONTH
+        bill.add("DynamoDB", region, "dynamodb.write_request_million", gsi_writes, "write units (GSI)", per=1e6)
+        reads = rru_per_s * SECONDS_PER_MONTH
+        bill.add("DynamoDB", region, "dynamodb.read_request_million", reads, "read units", per=1e6)
         bill.add("DynamoDB", region, "dynamodb.storage_gb_month", storage_gb, "GB-months")
         if settings.pitr:
             bill.add("DynamoDB", region, "dynamodb.pitr_gb_month", storage_gb, "GB-months (PITR)")
-        if n_regions > 1:
+        if replicated:
             bill.add("Data transfer", region, "transfer.inter_region_gb", replicated_gb, "GB replicated out")
+    return partitions, needs
 
-    # ------------------------------------------------------------------ Lambda and S3 staging
-    kinds = stream_record_kinds(fleet, latest_per_s)
-    functions: dict[str, Any] = {}
-    staged_objects_per_s = 0.0
-    cycles_per_month = (
-        (HOURS_PER_MONTH * 60 / settings.load_interval_minutes) if settings.load_interval_minutes else 0.0
+
+def _table_storage_gb(fleet: Fleet, settings: Settings, sizes: dict[str, int]) -> float:
+    """A region's table and index storage: readings kept until TTL (and its lag) deletes them, one LATEST each."""
+    stored_readings = fleet.readings_per_s * 86400 * (settings.reading_ttl_days + TTL_LAG_DAYS)
+    table_bytes = stored_readings * (sizes["reading"] + DDB_ITEM_STORAGE_OVERHEAD) + fleet.devices * (
+        sizes["latest"] + DDB_ITEM_STORAGE_OVERHEAD
     )
-    rows_per_cycle = r * settings.load_interval_minutes * 60
-    # Lambda's table stream events only: a Kinesis batch (ingest) is far from 6 MB at its BatchSize.
-    stream_record_bytes = fleet.reading_bytes + STREAM_RECORD_EXTRA_BYTES
-    load_s = max(REDSHIFT_MIN_BILLED_S, LOAD_FIXED_S + rows_per_cycle / LOAD_ROWS_PER_S) if cycles_per_month else 0.0
-    for rs in settings.regions:
+    index_bytes = fleet.devices * (sizes["gsi"] + DDB_ITEM_STORAGE_OVERHEAD) * settings.gsis
+    return (table_bytes + index_bytes) / GIB
+
+
+def _read_units_per_s(flow: _Flow, sizes: dict[str, int]) -> float:
+    """Read units a second in each region: the read API's cache misses, in the mix of READ_MIX."""
+    fleet = flow.fleet
+    devices_per_branch = fleet.devices / fleet.branches
+    rru_per_request = {
+        "latest": read_units(sizes["latest"]),
+        "branch": read_units(devices_per_branch * sizes["gsi"]),
+        "branches": read_units(fleet.devices * sizes["gsi"]),
+    }
+    return flow.reads_per_region * flow.misses * sum(READ_MIX[k] * rru_per_request[k] for k in READ_MIX)
+
+
+def _lambda(flow: _Flow, stream_shards: dict[str, int], bill: _Bill, warnings: list[str]) -> dict[str, Any]:
+    """Each invoked function's figures by name and region, and its requests, GB-seconds and logs' cost."""
+    functions: dict[str, Any] = {}
+    for rs in flow.settings.regions:
         for fn in rs.functions:
-            inv_per_s, records, busy_ms = 0.0, 0.0, 0.0
-            for t in fn.triggers:
-                if t.kind in ("kinesis", "dynamodb"):
-                    rate = per_region_in if t.kind == "kinesis" else matching_rate(t.patterns, kinds)
-                    shard_count = (shards if t.kind == "kinesis" else partitions) * t.parallelization
-                    event_bytes = stream_record_bytes if t.kind == "dynamodb" else 0.0
-                    inv = mapping_invocations(rate, shard_count, t.kind, t.batch_size, t.window_s, event_bytes)
-                    profile = _profile(fn, warnings)
-                    ms = duration_ms(profile, inv.records_each, fn.memory_mb)
-                    if "stager" in fn.roles and t.kind == "dynamodb":
-                        # One object per invocation that holds own-region readings: the stager's own filter
-                        # passes nothing else; a function that also gets other records stages only these.
-                        own = [(rec, rate) for rec, rate in kinds if _own_insert(rec, rs.region)]
-                        staged = mapping_invocations(
-                            matching_rate(t.patterns, own), partitions, t.kind, t.batch_size, t.window_s, event_bytes
-                        )
-                        staged_objects_per_s = staged.per_s
-                elif t.kind == "http":
-                    inv = Invocations(reads_per_region, 1.0)
-                    ms = (
-                        READ_FIXED_MS
-                        + misses * READ_MISS_WAIT_MS
-                        + (fleet.cache_hit_ratio * READ_HIT_CPU_US + misses * READ_MISS_CPU_US)
-                        * cpu_scale(fn.memory_mb)
-                        / 1000
-                    )
-                elif t.kind == "schedule":
-                    inv = Invocations(1 / (t.rate_minutes * 60), 0.0)
-                    ms = load_s * 1000 + 2000 if "loader" in fn.roles else 1000.0
-                else:  # pragma: no cover - kinds are closed above
-                    continue
-                inv_per_s += inv.per_s
-                records = inv.records_each
-                busy_ms += inv.per_s * math.ceil(ms)
-            if inv_per_s == 0:
+            figures = _function_figures(flow, fn, stream_shards, warnings)
+            if figures is None:
                 continue
-            billed_ms = busy_ms / inv_per_s
-            invocations = inv_per_s * SECONDS_PER_MONTH
-            gb_s = invocations * billed_ms / 1000 * fn.memory_mb / 1024
-            concurrency = inv_per_s * billed_ms / 1000
-            functions.setdefault(fn.name, {})[rs.region] = {
-                "roles": list(fn.roles),
-                "memory_mb": fn.memory_mb,
-                "invocations_per_month": invocations,
-                "records_per_invocation": records,
-                "billed_ms_per_invocation": billed_ms,
-                "gb_seconds_per_month": gb_s,
-                "average_concurrency": concurrency,
-                "reserved_concurrency": fn.reserved,
-            }
-            if fn.reserved is not None and concurrency * fleet.headroom > fn.reserved:
+            functions.setdefault(fn.name, {})[rs.region] = figures
+            concurrency = figures["average_concurrency"]
+            if fn.reserved is not None and concurrency * flow.fleet.headroom > fn.reserved:
                 warnings.append(
-                    f"{fn.name} ({rs.region}): average concurrency {concurrency:.1f} x headroom {fleet.headroom:g} "
-                    f"exceeds its reserved concurrency {fn.reserved}"
+                    f"{fn.name} ({rs.region}): average concurrency {concurrency:.1f} x headroom "
+                    f"{flow.fleet.headroom:g} exceeds its reserved concurrency {fn.reserved}"
                 )
+            invocations = figures["invocations_per_month"]
             bill.add("Lambda", rs.region, "lambda.requests_million", invocations, f"{fn.name} requests", per=1e6)
-            bill.add("Lambda", rs.region, "lambda.gb_second_arm", gb_s, f"{fn.name} GB-seconds")
+            bill.add(
+                "Lambda", rs.region, "lambda.gb_second_arm", figures["gb_seconds_per_month"], f"{fn.name} GB-seconds"
+            )
             log_gb = invocations * LOG_BYTES_PER_INVOCATION / GIB
             bill.add("CloudWatch", rs.region, "cloudwatch.logs_ingested_gb", log_gb, f"{fn.name} log GB")
-    needs["lambda"] = functions
+    return functions
 
-    # ------------------------------------------------------------------ S3 staging and the warehouse load
-    # Each region stages its own readings. A region whose bucket replicates into the primary's (the warehouse
-    # region) is read there; otherwise the loader lists and COPYs each region's bucket where it is.
-    row_bytes = fleet.reading_bytes + STAGED_ROW_EXTRA_BYTES
-    staged_bytes_per_s = per_region_in * row_bytes * STAGED_GZIP_RATIO if staged_objects_per_s else 0.0
-    objects_month = staged_objects_per_s * SECONDS_PER_MONTH
-    retained_objects = staged_objects_per_s * 86400 * settings.staging_retention_days
-    staged_gb_month = staged_bytes_per_s * SECONDS_PER_MONTH / GIB
-    retained_gb = staged_bytes_per_s * 86400 * settings.staging_retention_days / GIB
-    objects_per_cycle = staged_objects_per_s * settings.load_interval_minutes * 60
-    object_bytes = staged_bytes_per_s / staged_objects_per_s if staged_objects_per_s else 0.0
-    replicating = [rs.region for rs in settings.regions if rs.staging_replicates and not rs.primary]
-    held = {  # how many regions' objects each bucket holds
-        rs.region: (1 + len(replicating) if rs.primary else 1) for rs in settings.regions
+
+def _function_figures(
+    flow: _Flow, fn: FunctionSpec, stream_shards: dict[str, int], warnings: list[str]
+) -> dict[str, Any] | None:
+    """One function's invocations and billed duration in a region, over all its triggers (None: never invoked)."""
+    inv_per_s, records, busy_ms = 0.0, 0.0, 0.0
+    for t in fn.triggers:
+        triggered = _trigger_invocations(flow, fn, t, stream_shards, warnings)
+        if triggered is None:  # pragma: no cover - kinds are closed
+            continue
+        inv, ms = triggered
+        inv_per_s += inv.per_s
+        records = inv.records_each
+        busy_ms += inv.per_s * math.ceil(ms)
+    if inv_per_s == 0:
+        return None
+    billed_ms = busy_ms / inv_per_s
+    invocations = inv_per_s * SECONDS_PER_MONTH
+    return {
+        "roles": list(fn.roles),
+        "memory_mb": fn.memory_mb,
+        "invocations_per_month": invocations,
+        "records_per_invocation": records,
+        "billed_ms_per_invocation": billed_ms,
+        "gb_seconds_per_month": invocations * billed_ms / 1000 * fn.memory_mb / 1024,
+        "average_concurrency": inv_per_s * billed_ms / 1000,
+        "reserved_concurrency": fn.reserved,
     }
-    loaded = {rs.region: held[rs.region] for rs in settings.regions if rs.region not in replicating}
-    manifests_per_cycle = (
-        sum(manifests_for(objects_per_cycle * share, object_bytes) for share in loaded.values())
-        if cycles_per_month
-        else 0
+
+
+def _trigger_invocations(
+    flow: _Flow, fn: FunctionSpec, t: Trigger, stream_shards: dict[str, int], warnings: list[str]
+) -> tuple[Invocations, float] | None:
+    """How often ``t`` invokes ``fn`` and how long each invocation runs (ms), by the trigger's kind."""
+    if t.kind in ("kinesis", "dynamodb"):
+        rate = flow.per_region_in if t.kind == "kinesis" else matching_rate(t.patterns, flow.kinds)
+        event_bytes = flow.stream_record_bytes if t.kind == "dynamodb" else 0.0
+        shard_count = stream_shards[t.kind] * t.parallelization
+        inv = mapping_invocations(rate, shard_count, t.kind, t.batch_size, t.window_s, event_bytes)
+        return inv, duration_ms(_profile(fn, warnings), inv.records_each, fn.memory_mb)
+    if t.kind == "http":
+        return Invocations(flow.reads_per_region, 1.0), _read_ms(flow.fleet, fn.memory_mb)
+    if t.kind == "schedule":
+        ms = flow.load_s * 1000 + 2000 if "loader" in fn.roles else 1000.0
+        return Invocations(1 / (t.rate_minutes * 60), 0.0), ms
+    return None
+
+
+def _read_ms(fleet: Fleet, memory_mb: int) -> float:
+    """One read API request: cache hits cost CPU only, misses wait on the table too."""
+    misses = 1 - fleet.cache_hit_ratio
+    return (
+        READ_FIXED_MS
+        + misses * READ_MISS_WAIT_MS
+        + (fleet.cache_hit_ratio * READ_HIT_CPU_US + misses * READ_MISS_CPU_US) * cpu_scale(memory_mb) / 1000
     )
-    lists_per_cycle = {
-        region: math.ceil(retained_objects * share / S3_LIST_PAGE) + (1 if region == fleet.primary else 0)
-        for region, share in loaded.items()
-    }
-    needs["staging"] = {
-        "objects_per_month_per_region": objects_month,
-        "rows_per_object": per_region_in / staged_objects_per_s if staged_objects_per_s else 0.0,
-        "object_kb": object_bytes / 1024,
-        "gb_per_month_per_region": staged_gb_month,
-        "retained_objects_per_region": retained_objects,
-        "retained_gb_per_region": retained_gb,
-        "replicated_to_primary_from": replicating,
-        "load_cycles_per_month": cycles_per_month,
-        "objects_per_cycle": objects_per_cycle * sum(loaded.values()),
-        "manifests_per_cycle": manifests_per_cycle,
-        "list_requests_per_cycle": sum(lists_per_cycle.values()),
-        "copy_files_per_cycle": (
-            sum(copy_files_for(objects_per_cycle * share, object_bytes) for share in loaded.values())
-            if cycles_per_month
-            else 0
-        ),
-    }
-    for rs in settings.regions:
-        region, primary = rs.region, rs.primary
-        replica_objects = objects_month * (held[region] - 1)
-        manifest_calls = manifests_per_cycle * cycles_per_month if primary else 0.0
-        bill.add("S3 staging", region, "s3.put_thousand", objects_month, "PUT requests (staged objects)", per=1000)
+
+
+def _staged_objects_per_s(flow: _Flow, partitions: int) -> float:
+    """Objects a region stages a second: one per stager invocation that holds own-region readings.
+
+    The stager's own filter passes nothing else; a function that also gets other records stages only these.
+    """
+    per_s = 0.0
+    own_stream_triggers = (
+        (rs.region, t)
+        for rs in flow.settings.regions
+        for fn in rs.functions
+        if "stager" in fn.roles
+        for t in fn.triggers
+        if t.kind == "dynamodb"
+    )
+    for region, t in own_stream_triggers:  # every region's stager is alike: the last one stands for all
+        own = [(rec, rate) for rec, rate in flow.kinds if _own_insert(rec, region)]
+        staged = mapping_invocations(
+            matching_rate(t.patterns, own), partitions, t.kind, t.batch_size, t.window_s, flow.stream_record_bytes
+        )
+        per_s = staged.per_s
+    return per_s
+
+
+@dataclass(frozen=True)
+class _Staging:
+    """S3 staging and the warehouse load, from the objects each region stages.
+
+    Each region stages its own readings. A region whose bucket replicates into the primary's (the warehouse
+    region) is read there; otherwise the loader lists and COPYs each region's bucket where it is.
+    """
+
+    flow: _Flow
+    objects_per_s: float  # staged objects a second, each region
+    replicating: list[str]  # regions whose bucket replicates into the primary's
+    held: dict[str, int]  # how many regions' objects each bucket holds
+    loaded: dict[str, int]  # the buckets the loader reads, and how many regions' objects each holds
+
+    @property
+    def bytes_per_s(self) -> float:
+        if not self.objects_per_s:
+            return 0.0
+        return self.flow.per_region_in * self.flow.staged_row_bytes * STAGED_GZIP_RATIO
+
+    @property
+    def objects_month(self) -> float:
+        return self.objects_per_s * SECONDS_PER_MONTH
+
+    @property
+    def gb_month(self) -> float:
+        return self.bytes_per_s * SECONDS_PER_MONTH / GIB
+
+    @property
+    def retained_objects(self) -> float:
+        return self.objects_per_s * 86400 * self.flow.settings.staging_retention_days
+
+    @property
+    def retained_gb(self) -> float:
+        return self.bytes_per_s * 86400 * self.flow.settings.staging_retention_days / GIB
+
+    @property
+    def objects_per_cycle(self) -> float:
+        return self.objects_per_s * self.flow.settings.load_interval_minutes * 60
+
+    @property
+    def object_bytes(self) -> float:
+        return self.bytes_per_s / self.objects_per_s if self.objects_per_s else 0.0
+
+    def per_cycle(self, count: Callable[[float, float], int]) -> int:
+        """``count(objects, object_bytes)`` summed over the buckets a load cycle reads (0: no load schedule)."""
+        if not self.flow.cycles_per_month:
+            return 0
+        return sum(count(self.objects_per_cycle * share, self.object_bytes) for share in self.loaded.values())
+
+    @property
+    def lists_per_cycle(self) -> dict[str, int]:
+        primary = self.flow.fleet.primary
+        return {
+            region: math.ceil(self.retained_objects * share / S3_LIST_PAGE) + (1 if region == primary else 0)
+            for region, share in self.loaded.items()
+        }
+
+    def add_to(self, bill: _Bill) -> dict[str, Any]:
+        """Adds each region's staging cost; returns the staging needs."""
+        manifests_per_cycle = self.per_cycle(manifests_for)
+        lists_per_cycle = self.lists_per_cycle
+        needs = {
+            "objects_per_month_per_region": self.objects_month,
+            "rows_per_object": self.flow.per_region_in / self.objects_per_s if self.objects_per_s else 0.0,
+            "object_kb": self.object_bytes / 1024,
+            "gb_per_month_per_region": self.gb_month,
+            "retained_objects_per_region": self.retained_objects,
+            "retained_gb_per_region": self.retained_gb,
+            "replicated_to_primary_from": self.replicating,
+            "load_cycles_per_month": self.flow.cycles_per_month,
+            "objects_per_cycle": self.objects_per_cycle * sum(self.loaded.values()),
+            "manifests_per_cycle": manifests_per_cycle,
+            "list_requests_per_cycle": sum(lists_per_cycle.values()),
+            "copy_files_per_cycle": self.per_cycle(copy_files_for),
+        }
+        for rs in self.flow.settings.regions:
+            manifest_calls = manifests_per_cycle * self.flow.cycles_per_month if rs.primary else 0.0
+            self._bill_requests(bill, rs.region, manifest_calls, lists_per_cycle)
+            self._bill_storage_and_transfer(bill, rs)
+        return needs
+
+    def _bill_requests(self, bill: _Bill, region: str, manifest_calls: float, lists_per_cycle: dict[str, int]) -> None:
+        replica_objects = self.objects_month * (self.held[region] - 1)
+        bill.add("S3 staging", region, "s3.put_thousand", self.objects_month, "PUT requests (staged objects)", per=1000)
         if replica_objects:
             bill.add("S3 staging", region, "s3.put_thousand", replica_objects, "PUT requests (replicas)", per=1000)
         if manifest_calls:
             bill.add("S3 staging", region, "s3.put_thousand", manifest_calls, "PUT requests (manifests)", per=1000)
         if region in lists_per_cycle:
-            calls = lists_per_cycle[region] * cycles_per_month
+            calls = lists_per_cycle[region] * self.flow.cycles_per_month
             bill.add("S3 staging", region, "s3.put_thousand", calls, "LIST requests (loader)", per=1000)
-            gets = objects_month * loaded[region] + manifest_calls
+            gets = self.objects_month * self.loaded[region] + manifest_calls
             bill.add("S3 staging", region, "s3.get_thousand", gets, "GET requests (COPY)", per=1000)
-        bill.add("S3 staging", region, "s3.storage_gb_month", retained_gb * held[region], "GB-months")
-        if region in replicating:
-            bill.add("Data transfer", region, "transfer.inter_region_gb", staged_gb_month, "GB staged, replicated")
-            if rs.staging_replication_rtc:
-                bill.add("S3 staging", region, "s3.replication_time_control_gb", staged_gb_month, "GB replicated (RTC)")
-        elif not primary:
-            bill.add(
-                "Data transfer", region, "transfer.inter_region_gb", staged_gb_month, "GB staged, COPY across regions"
-            )
 
-    # ------------------------------------------------------------------ Redis
+    def _bill_storage_and_transfer(self, bill: _Bill, rs: RegionSettings) -> None:
+        region, gb_month = rs.region, self.gb_month
+        bill.add("S3 staging", region, "s3.storage_gb_month", self.retained_gb * self.held[region], "GB-months")
+        if region in self.replicating:
+            bill.add("Data transfer", region, "transfer.inter_region_gb", gb_month, "GB staged, replicated")
+            if rs.staging_replication_rtc:
+                bill.add("S3 staging", region, "s3.replication_time_control_gb", gb_month, "GB replicated (RTC)")
+        elif not rs.primary:
+            bill.add("Data transfer", region, "transfer.inter_region_gb", gb_month, "GB staged, COPY across regions")
+
+
+def _staging(flow: _Flow, partitions: int, bill: _Bill) -> dict[str, Any]:
+    regions = flow.settings.regions
+    replicating = [rs.region for rs in regions if rs.staging_replicates and not rs.primary]
+    held = {rs.region: (1 + len(replicating) if rs.primary else 1) for rs in regions}
+    loaded = {rs.region: held[rs.region] for rs in regions if rs.region not in replicating}
+    return _Staging(flow, _staged_objects_per_s(flow, partitions), replicating, held, loaded).add_to(bill)
+
+
+def _redis(flow: _Flow, prices: Prices, bill: _Bill, warnings: list[str]) -> dict[str, Any]:
+    """The cache's memory against the primary's node type, and each region's nodes."""
+    fleet = flow.fleet
     redis_bytes = REDIS_BASELINE_BYTES + fleet.devices * (fleet.reading_bytes + REDIS_DEVICE_EXTRA_BYTES)
-    primary_rs = settings.region(fleet.primary)
+    primary_rs = flow.settings.primary
     node_gib = prices.nodes_gib.get(primary_rs.redis_node_type)
     if node_gib is None:
         raise PlanError(f"prices.toml has no memory size for {primary_rs.redis_node_type} (add it under [nodes])")
     usable = node_gib * GIB * (1 - REDIS_RESERVED_SHARE)
-    needs["redis"] = {
+    if redis_bytes * fleet.headroom > usable:
+        warnings.append(
+            f"Redis: {redis_bytes / MIB:,.0f} MB x headroom {fleet.headroom:g} does not fit a "
+            f"{primary_rs.redis_node_type} ({usable / MIB:,.0f} MB usable): pick a larger RedisNodeType"
+        )
+    for rs in flow.settings.regions:
+        item = f"elasticache.node_hour.{rs.redis_node_type}"
+        bill.add("ElastiCache Redis", rs.region, item, rs.redis_nodes * HOURS_PER_MONTH, "node-hours")
+    return {
         "node_type": primary_rs.redis_node_type,
         "nodes_per_region": primary_rs.redis_nodes,
         "memory_mb": redis_bytes / MIB,
         "node_usable_mb": usable / MIB,
         "utilisation": redis_bytes / usable,
     }
-    if redis_bytes * fleet.headroom > usable:
-        warnings.append(
-            f"Redis: {redis_bytes / MIB:,.0f} MB x headroom {fleet.headroom:g} does not fit a "
-            f"{primary_rs.redis_node_type} ({usable / MIB:,.0f} MB usable): pick a larger RedisNodeType"
-        )
-    for rs in settings.regions:
-        bill.add(
-            "ElastiCache Redis",
-            rs.region,
-            f"elasticache.node_hour.{rs.redis_node_type}",
-            rs.redis_nodes * HOURS_PER_MONTH,
-            "node-hours",
-        )
 
-    # ------------------------------------------------------------------ Aurora and Redshift
-    aurora_gb = max(AURORA_MIN_STORAGE_GB, fleet.devices * AURORA_BYTES_PER_DEVICE / GIB)
-    for rs in settings.regions:
+
+def _aurora(flow: _Flow, bill: _Bill) -> dict[str, Any]:
+    """The registry database: instances where the template deploys them, and storage sized by the fleet."""
+    aurora_gb = max(AURORA_MIN_STORAGE_GB, flow.fleet.devices * AURORA_BYTES_PER_DEVICE / GIB)
+    for rs in flow.settings.regions:
         if rs.aurora_instances:
-            bill.add(
-                "Aurora PostgreSQL",
-                rs.region,
-                f"aurora.instance_hour.{rs.aurora_class}",
-                rs.aurora_instances * HOURS_PER_MONTH,
-                "instance-hours",
-            )
+            item = f"aurora.instance_hour.{rs.aurora_class}"
+            hours = rs.aurora_instances * HOURS_PER_MONTH
+            bill.add("Aurora PostgreSQL", rs.region, item, hours, "instance-hours")
             bill.add("Aurora PostgreSQL", rs.region, "aurora.storage_gb_month", aurora_gb, "GB-months")
-    warehouse_gb_month = r * SECONDS_PER_MONTH * row_bytes * STAGED_GZIP_RATIO / GIB
-    rpu = next((rs.redshift_base_rpu for rs in settings.regions if rs.redshift_base_rpu), 0)
-    rpu_hours = cycles_per_month * rpu * load_s / 3600
-    needs["aurora"] = {
+    primary_rs = flow.settings.primary
+    return {
         "instance_class": primary_rs.aurora_class,
         "instances_per_region": primary_rs.aurora_instances,
         "storage_gb": aurora_gb,
     }
-    needs["redshift"] = {
+
+
+def _redshift(flow: _Flow, bill: _Bill) -> dict[str, Any]:
+    """The warehouse: RPU-hours of the load cycles and WAREHOUSE_MONTHS of loaded readings."""
+    settings = flow.settings
+    readings_month = flow.fleet.readings_per_s * SECONDS_PER_MONTH
+    warehouse_gb_month = readings_month * flow.staged_row_bytes * STAGED_GZIP_RATIO / GIB
+    rpu = _base_rpu(settings)
+    rpu_hours = flow.cycles_per_month * rpu * flow.load_s / 3600
+    for rs in settings.regions:
+        if rs.redshift_base_rpu:
+            storage_gb = warehouse_gb_month * WAREHOUSE_MONTHS
+            bill.add("Redshift Serverless", rs.region, "redshift.rpu_hour", rpu_hours, "RPU-hours")
+            bill.add("Redshift Serverless", rs.region, "redshift.storage_gb_month", storage_gb, "GB-months")
+    return {
         "base_rpu": rpu,
         "load_interval_minutes": settings.load_interval_minutes,
-        "rows_per_cycle": rows_per_cycle,
-        "billed_seconds_per_cycle": load_s,
+        "rows_per_cycle": flow.rows_per_cycle,
+        "billed_seconds_per_cycle": flow.load_s,
         "rpu_hours_per_month": rpu_hours,
         "storage_gb_added_per_month": warehouse_gb_month,
         "storage_gb_costed": warehouse_gb_month * WAREHOUSE_MONTHS,
     }
-    for rs in settings.regions:
-        if rs.redshift_base_rpu:
-            bill.add("Redshift Serverless", rs.region, "redshift.rpu_hour", rpu_hours, "RPU-hours")
-            bill.add(
-                "Redshift Serverless",
-                rs.region,
-                "redshift.storage_gb_month",
-                warehouse_gb_month * WAREHOUSE_MONTHS,
-                "GB-months",
-            )
 
-    # ------------------------------------------------------------------ network, API, operations
-    for rs in settings.regions:
+
+def _base_rpu(settings: Settings) -> int:
+    return next((rs.redshift_base_rpu for rs in settings.regions if rs.redshift_base_rpu), 0)
+
+
+def _network_and_operations(flow: _Flow, bill: _Bill) -> None:
+    """Per region: interface endpoints, the read API's requests, alarms, dashboards, keys and secrets."""
+    api_requests = flow.reads_per_region * SECONDS_PER_MONTH
+    for rs in flow.settings.regions:
+        endpoint_hours = rs.interface_endpoint_azs * HOURS_PER_MONTH
         bill.add(
-            "VPC interface endpoints",
-            rs.region,
-            "vpc.interface_endpoint_az_hour",
-            rs.interface_endpoint_azs * HOURS_PER_MONTH,
-            "endpoint-AZ-hours",
+            "VPC interface endpoints", rs.region, "vpc.interface_endpoint_az_hour", endpoint_hours, "endpoint-AZ-hours"
         )
         bill.add(
-            "API Gateway HTTP API",
-            rs.region,
-            "apigateway.http_requests_million",
-            reads_per_region * SECONDS_PER_MONTH,
-            "requests",
-            per=1e6,
+            "API Gateway HTTP API", rs.region, "apigateway.http_requests_million", api_requests, "requests", per=1e6
         )
         bill.add("CloudWatch", rs.region, "cloudwatch.alarm_month", rs.alarms, "alarms")
         bill.add("CloudWatch", rs.region, "cloudwatch.dashboard_month", rs.dashboards, "dashboards")
         bill.add("KMS and Secrets Manager", rs.region, "kms.key_month", rs.kms_keys, "keys")
         bill.add("KMS and Secrets Manager", rs.region, "secretsmanager.secret_month", rs.secrets, "secrets")
 
-    if prices.fallbacks:
-        missing = sorted({f"{item} ({region})" for item, region in prices.fallbacks})
-        warnings.append(
-            f"priced at {prices.default_region} rates, for want of a line in prices.toml: " + ", ".join(missing)
-        )
-    fleet_doc = {
+
+def _fleet_doc(fleet: Fleet) -> dict[str, Any]:
+    return {
         **asdict(fleet),
         "primary": fleet.primary,
-        "readings_per_s": r,
-        "readings_per_month": r * SECONDS_PER_MONTH,
+        "readings_per_s": fleet.readings_per_s,
+        "readings_per_month": fleet.readings_per_s * SECONDS_PER_MONTH,
         "is_seed_fleet": _is_seed(fleet),
     }
-    template_doc = {
-        "kinesis_shards": template_shards,
+
+
+def _template_doc(settings: Settings) -> dict[str, Any]:
+    """The template's settings the plan used, the primary region's."""
+    primary_rs = settings.primary
+    return {
+        "kinesis_shards": settings.regions[0].kinesis_shards,
         "reading_ttl_days": settings.reading_ttl_days,
         "staging_retention_days": settings.staging_retention_days,
         "load_interval_minutes": settings.load_interval_minutes,
         "redis_node_type": primary_rs.redis_node_type,
         "aurora_instance_class": primary_rs.aurora_class,
-        "redshift_base_rpu": rpu,
+        "redshift_base_rpu": _base_rpu(settings),
         "functions": {
             fn.name: {
                 "memory_mb": fn.memory_mb,
@@ -1107,7 +1285,6 @@ def plan(fleet: Fleet, template: dict[str, Any], prices: Prices) -> Plan:
             for fn in primary_rs.functions
         },
     }
-    return Plan(fleet_doc, template_doc, needs, bill.lines, warnings, assumptions(fleet))
 
 
 def _own_insert(record: dict[str, Any], region: str) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicepipe.retry import error_code
+from devicepipe_tools import wording
 from devicepipe_tools.stats import summary_ms
 
 PROBE_PK_PREFIX = "PROBE#"
@@ -53,9 +54,9 @@ class ProbeResult:
     def line(self) -> str:
         lag, rtt = summary_ms(self.lags_s), summary_ms(self.read_rtts_s)
         return (
-            f"{self.source} -> {self.target}: {self.seen}/{self.sent} markers replicated; lag p50 {lag['p50']} ms, "
-            f"p95 {lag['p95']} ms, p99 {lag['p99']} ms, max {lag['max']} ms (target read round trip p50 "
-            f"{rtt['p50']} ms); {len(self.failures)} failures"
+            f"{self.source} -> {self.target}: {wording.fraction(self.seen, self.sent, 'marker')} replicated; "
+            f"{wording.percentiles('lag', lag, ('p50', 'p95', 'p99', 'max'))} (target read round trip p50 "
+            f"{wording.ms(rtt['p50'])}); {wording.count(len(self.failures), 'failure')}"
         )
 
 

@@ -176,54 +176,39 @@ class Producer:
         inbox: queue.Queue[Entry | None] = queue.Queue(maxsize=10_000)
         feeder = threading.Thread(target=self._feed, args=(entries, inbox), daemon=True)
         feeder.start()
-        batch: list[Entry] = []
-        batch_bytes = 0
-        opened = time.monotonic()
-        aggregates: dict[str, list[Entry]] = {}
-        futures: list[Future[None]] = []
         with ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="put") as pool:
-
-            def flush() -> None:
-                nonlocal batch, batch_bytes
-                if batch:
-                    self._slots.acquire()  # backpressure: at most max_in_flight batches queued or running
-                    futures.append(pool.submit(self._put_batch, batch))
-                    batch, batch_bytes = [], 0
-
-            def add(entry: Entry) -> None:
-                nonlocal batch_bytes, opened
-                if len(batch) >= MAX_BATCH_RECORDS or batch_bytes + entry.size > MAX_BATCH_BYTES:
-                    flush()
-                if not batch:
-                    opened = time.monotonic()
-                batch.append(entry)
-                batch_bytes += entry.size
-
-            while True:
-                try:
-                    item = inbox.get(timeout=self.linger_s)
-                except queue.Empty:
-                    for packed in self._drain_aggregates(aggregates):
-                        add(packed)
-                    flush()
-                    continue
-                if item is None:
-                    break
-                if self.aggregate:
-                    for packed in self._aggregate(aggregates, item):
-                        add(packed)
-                else:
-                    add(item)
-                if time.monotonic() - opened >= self.linger_s:
-                    flush()
-            for packed in self._drain_aggregates(aggregates):
-                add(packed)
-            flush()
-            for f in futures:
+            batches = _Batches(lambda batch: self._submit(pool, batch))
+            self._batch(inbox, batches)
+            for f in batches.futures:
                 f.result()
         if self._source_error is not None:
             raise self._source_error
         return self.progress
+
+    def _batch(self, inbox: queue.Queue[Entry | None], batches: _Batches) -> None:
+        """Batch what the feeder puts in ``inbox`` until it ends: a batch is sent when full, when it has been open
+        ``linger_s``, or when the source keeps it waiting that long."""
+        aggregates: dict[str, list[Entry]] = {}
+        while True:
+            try:
+                item = inbox.get(timeout=self.linger_s)
+            except queue.Empty:
+                self._flush_all(aggregates, batches)
+                continue
+            if item is None:
+                break
+            batches.add_all(self._aggregate(aggregates, item) if self.aggregate else [item])
+            if batches.age_s() >= self.linger_s:
+                batches.flush()
+        self._flush_all(aggregates, batches)
+
+    def _flush_all(self, aggregates: dict[str, list[Entry]], batches: _Batches) -> None:
+        batches.add_all(self._drain_aggregates(aggregates))
+        batches.flush()
+
+    def _submit(self, pool: ThreadPoolExecutor, batch: list[Entry]) -> Future[None]:
+        self._slots.acquire()  # backpressure: at most max_in_flight batches queued or running
+        return pool.submit(self._put_batch, batch)
 
     def _feed(self, entries: Iterable[Entry], inbox: queue.Queue[Entry | None]) -> None:
         """Pulls the source in its own thread, so a slow source never delays flushing what is buffered."""
@@ -330,6 +315,36 @@ class Producer:
             for user in entry.users or [entry]:
                 self.on_failure(user, reason)
                 self.progress.add(failed=1)
+
+
+class _Batches:
+    """The open PutRecords batch: closed when the next entry would pass the call's record or byte limit, or on
+    ``flush``, and handed to ``submit``."""
+
+    def __init__(self, submit: Callable[[list[Entry]], Future[None]]) -> None:
+        self.submit = submit
+        self.futures: list[Future[None]] = []
+        self.batch: list[Entry] = []
+        self.batch_bytes = 0
+        self.opened = time.monotonic()
+
+    def add_all(self, entries: Iterable[Entry]) -> None:
+        for entry in entries:
+            if len(self.batch) >= MAX_BATCH_RECORDS or self.batch_bytes + entry.size > MAX_BATCH_BYTES:
+                self.flush()
+            if not self.batch:
+                self.opened = time.monotonic()
+            self.batch.append(entry)
+            self.batch_bytes += entry.size
+
+    def flush(self) -> None:
+        if self.batch:
+            self.futures.append(self.submit(self.batch))
+            self.batch, self.batch_bytes = [], 0
+
+    def age_s(self) -> float:
+        """Seconds since the open batch (or the last one) took its first entry."""
+        return time.monotonic() - self.opened
 
 
 # ----------------------------------------------------------------------------------------------- inputs

@@ -36,6 +36,7 @@ from devicepipe.registry import (
     migrate,
     retire_device,
 )
+from devicepipe_tools import wording
 from devicepipe_tools.local import stack
 from devicepipe_tools.registry_csv import CsvInvalid, read_registry
 
@@ -175,8 +176,9 @@ def _import(args: argparse.Namespace, db: Database) -> int:
     registry = read_registry(args.branches, args.devices, args.metrics, known)
     import_registry(db, registry)
     print(
-        f"imported {len(registry.branches)} branches, {len(registry.devices)} devices, "
-        f"{len(registry.metrics)} metric definitions"
+        f"imported {wording.count(len(registry.branches), 'branch')}, "
+        f"{wording.count(len(registry.devices), 'device')}, "
+        f"{wording.count(len(registry.metrics), 'metric definition')}"
     )
     return EXIT_OK
 
@@ -258,7 +260,7 @@ def _render(doc: dict[str, Any]) -> str:
         lines += [f"  {m['metric']}: {m['unit'] or '-'}, range {_range(m)}" for m in doc["metrics"]]
         return "\n".join(lines)
     lines = [f"branch {branch}", f"  recipients: {', '.join(b['recipients']) or '-'}"]
-    lines += [f"  {len(doc['devices'])} devices:"]
+    lines += [f"  {wording.count(len(doc['devices']), 'device')}:"]
     lines += [
         f"    {d['device_id']}  {d['kind']}" + (f"  retired {d['retired_on']}" if d["retired_on"] else "")
         for d in doc["devices"]

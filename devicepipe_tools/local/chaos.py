@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicepipe_tools.local import demo, files, stack
-from devicepipe_tools.local.demo import Check, DemoResult
+from devicepipe_tools.local import checks, files, stack
+from devicepipe_tools.local.checks import Check, Result
 from devicepipe_tools.local.files import read_json
 from devicepipe_tools.local.resources import RegionResources
 from devicepipe_tools.local.resources import clients as local_clients
@@ -52,7 +52,7 @@ class Fault:
 
 
 @dataclass
-class ChaosResult(DemoResult):
+class ChaosResult(Result):
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -158,7 +158,7 @@ def run_chaos(
         result.faults = injector.faults
         say("waiting for the pipeline to drain and the warehouse to load ...")
         t_drain = time.monotonic()
-        demo._wait_drained(state_dir, {REGION: len(docs)}, timeout_s)
+        checks.wait_drained(state_dir, {REGION: len(docs)}, timeout_s)
         _wait_loaded(state_dir, timeout_s)
         result.figures["drain_s"] = round(time.monotonic() - t_drain, 1)
         _check(result, state, state_dir, clients, res, docs)
@@ -217,11 +217,11 @@ def _check(
     """The demo's checks of every store, and the stack's own: every process running, none given up."""
     failed = result.figures["produce_failed"]
     result.checks.append(Check("producer", failed == 0, f"{result.figures['produced']} sent, {failed} failed"))
-    demo._verify_table(result, REGION, clients, res, docs, "")
-    demo._verify_failure_queue(result, clients, res, "")
-    demo._verify_cache(result, state["redis_urls"][REGION], docs, "")
-    demo._verify_staging(result, {REGION: (clients["s3"], res)}, {REGION: docs})
-    demo._verify_warehouse(result, state, state_dir, docs, timeout_s=10)  # loaded already (``_wait_loaded``)
+    checks.verify_table(result, REGION, clients, res, docs, "")
+    checks.verify_failure_queue(result, clients, res, "")
+    checks.verify_cache(result, state["redis_urls"][REGION], docs, "")
+    checks.verify_staging(result, {REGION: (clients["s3"], res)}, {REGION: docs})
+    checks.verify_warehouse(result, state, state_dir, docs, timeout_s=10)  # loaded already (``_wait_loaded``)
     now = stack.read_state(state_dir)
     entries = now["processes"]
     given_up = [p["name"] for p in entries if p.get("gave_up")]

@@ -6,6 +6,13 @@ FunctionResponseTypes (ReportBatchItemFailures: checkpoint before the lowest rep
 BisectBatchOnFunctionError, MaximumRetryAttempts, MaximumRecordAgeInSeconds and the on-failure destination
 (an SQS message in Lambda's format). Records of one shard are processed in order, one batch at a time.
 
+As Lambda's pollers do, each GetRecords asks for as many records as the API returns (``max_records``: 10,000 for
+Kinesis, 1,000 for DynamoDB Streams), whatever the batch size: what is read beyond a batch waits in the shard's
+buffer for the next one, so a backlog costs one call per 10,000 records, not one per batch. A shard that polls
+empty waits twice as long before each next poll, up to ``idle_poll_max_s``: an idle stack asks little of moto.
+On the local stack the worker reads off the wire (``WireReads``) and that wait happens beside moto's server
+instead (``stream_reads``: long polling), which answers as soon as records arrive.
+
 Each shard's position is checkpointed (``Checkpoints``: a file per mapping in the stack's state directory) after
 each batch, and before it with the batch's last record, so that a worker restarted after `kill -9` resumes where
 its predecessor stopped and first delivers the batch that was in flight again, as it was: at least once, as
@@ -122,6 +129,50 @@ def _numeric(value: float, ops: list[Any]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- sources
+class WireReads:
+    """GetRecords as one JSON request to the local stack's endpoint, its answer read by ``json.loads``.
+
+    botocore's parser walks every attribute of every record against the service model: 49 us a DynamoDB stream
+    record, where ``json.loads`` takes 4.5 (and the stack's workers read every record of two streams). The
+    answer is the wire format, which is what Lambda's events carry anyway (numbers as text, binaries as base64).
+    Only for an endpoint that checks no signature (moto's server): the request names its region in a
+    signature-shaped header, which is all the local stack reads of it. A read may wait for records there
+    (``stream_reads``: long polling), so an idle poller's pause costs no request.
+    """
+
+    def __init__(self, endpoint: str, region: str) -> None:
+        import urllib3
+
+        self.url = endpoint.rstrip("/") + "/"
+        self.region = region
+        self.http = urllib3.PoolManager(maxsize=4, retries=False, timeout=urllib3.Timeout(connect=3, read=30))
+
+    def call(
+        self, signing_name: str, target: str, json_version: str, request: dict[str, Any], wait_s: float = 0.0
+    ) -> dict[str, Any]:
+        scope = f"testing/20260101/{self.region}/{signing_name}/aws4_request"
+        response = self.http.request(
+            "POST",
+            self.url,
+            body=json.dumps(request).encode(),
+            headers={
+                "X-Amz-Target": target,
+                "Content-Type": f"application/x-amz-json-{json_version}",
+                "Authorization": f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=0",
+                "X-Devicepipe-Wait": f"{wait_s:.3f}",  # stream_reads.WAIT_HEADER
+            },
+        )
+        if response.status != 200:
+            raise RuntimeError(f"{target}: HTTP {response.status}: {response.data[:300].decode(errors='replace')}")
+        out: dict[str, Any] = json.loads(response.data)
+        return out
+
+
+def _epoch_s(value: Any) -> float:
+    """A record time as botocore gives it (datetime) or as the wire carries it (epoch seconds)."""
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
 @dataclass
 class StreamRecord:
     """A polled record: the event record Lambda would deliver, and what the mapping needs to know of it."""
@@ -137,12 +188,15 @@ class KinesisSource:
     """A Kinesis stream as an event source."""
 
     batch_info_key = "KinesisBatchInfo"
+    max_records = 10_000  # GetRecords' limit
 
-    def __init__(self, client: Any, arn: str, region: str) -> None:
+    def __init__(self, client: Any, arn: str, region: str, wire: WireReads | None = None) -> None:
         self.client = client
         self.arn = arn
         self.region = region
         self.stream = arn.split("/", 1)[1]
+        self.wire = wire  # GetRecords without botocore (the local stack's endpoint)
+        self.waits = wire is not None  # get() may wait for records (``wait_s``)
 
     def shards(self) -> list[str]:
         return [s["ShardId"] for s in self.client.list_shards(StreamName=self.stream)["Shards"]]
@@ -154,13 +208,18 @@ class KinesisSource:
         it: str = self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard, **where)["ShardIterator"]
         return it
 
-    def get(self, iterator: str, limit: int, shard: str) -> tuple[list[StreamRecord], str | None]:
-        out = self.client.get_records(ShardIterator=iterator, Limit=limit)
+    def get(self, iterator: str, limit: int, shard: str, wait_s: float = 0.0) -> tuple[list[StreamRecord], str | None]:
+        if self.wire is not None:
+            request = {"ShardIterator": iterator, "Limit": limit, "StreamARN": self.arn}
+            out = self.wire.call("kinesis", "Kinesis_20131202.GetRecords", "1.1", request, wait_s)
+        else:
+            out = self.client.get_records(ShardIterator=iterator, Limit=limit)
         records = []
         for r in out["Records"]:
-            arrival = r["ApproximateArrivalTimestamp"].timestamp()
+            arrival = _epoch_s(r["ApproximateArrivalTimestamp"])
+            data = r["Data"] if isinstance(r["Data"], bytes) else base64.b64decode(r["Data"])
             event = kinesis_record(
-                r["Data"],
+                data,
                 partition_key=r["PartitionKey"],
                 sequence_number=int(r["SequenceNumber"]),
                 arrival_s=arrival,
@@ -168,7 +227,7 @@ class KinesisSource:
                 stream=self.stream,
                 region=self.region,
             )
-            records.append(StreamRecord(event, r["SequenceNumber"], arrival, _kinesis_filter_view(event, r["Data"])))
+            records.append(StreamRecord(event, r["SequenceNumber"], arrival, _kinesis_filter_view(event, data)))
         return records, out.get("NextShardIterator")
 
 
@@ -176,11 +235,14 @@ class DynamoDBStreamSource:
     """A DynamoDB table's stream as an event source."""
 
     batch_info_key = "DDBStreamBatchInfo"
+    max_records = 1000  # GetRecords' limit
 
-    def __init__(self, client: Any, arn: str, region: str) -> None:
+    def __init__(self, client: Any, arn: str, region: str, wire: WireReads | None = None) -> None:
         self.client = client
         self.arn = arn
         self.region = region
+        self.wire = wire  # GetRecords without botocore (the local stack's endpoint)
+        self.waits = wire is not None  # get() may wait for records (``wait_s``)
 
     def shards(self) -> list[str]:
         desc = self.client.describe_stream(StreamArn=self.arn)["StreamDescription"]
@@ -193,16 +255,17 @@ class DynamoDBStreamSource:
         it: str = self.client.get_shard_iterator(StreamArn=self.arn, ShardId=shard, **where)["ShardIterator"]
         return it
 
-    def get(self, iterator: str, limit: int, shard: str) -> tuple[list[StreamRecord], str | None]:
-        out = self.client.get_records(ShardIterator=iterator, Limit=min(limit, 1000))
+    def get(self, iterator: str, limit: int, shard: str, wait_s: float = 0.0) -> tuple[list[StreamRecord], str | None]:
+        request = {"ShardIterator": iterator, "Limit": min(limit, self.max_records)}
+        if self.wire is not None:  # DynamoDB Streams is signed as dynamodb
+            out = self.wire.call("dynamodb", "DynamoDBStreams_20120810.GetRecords", "1.0", request, wait_s)
+        else:
+            out = self.client.get_records(**request)
         records = []
         for r in out["Records"]:
             ddb = dict(r["dynamodb"])
             created = ddb.get("ApproximateCreationDateTime")
-            if isinstance(created, datetime):
-                created_s = created.timestamp()
-            else:
-                created_s = float(created) if created is not None else time.time()
+            created_s = _epoch_s(created) if created is not None else time.time()
             ddb["ApproximateCreationDateTime"] = int(created_s)  # Lambda delivers whole epoch seconds
             event = {**r, "dynamodb": ddb, "eventSourceARN": self.arn}
             records.append(StreamRecord(event, ddb["SequenceNumber"], created_s, event))
@@ -246,6 +309,7 @@ class MappingStats:
     latencies_s: list[float] = field(default_factory=list)
     shards: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_error: str = ""
+    last_done_at: float = 0.0  # when the latest records were done (epoch s): the demo's throughput ends there
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, and the record latency (arrival in the stream -> handler done) as percentiles."""
@@ -305,6 +369,20 @@ class _Batch:
     through: str  # the sequence number of the last record polled for it, filtered out or not
 
 
+@dataclass
+class _ShardState:
+    """What a shard's poller holds between turns."""
+
+    after: str | None  # the checkpoint to open the shard after
+    replay: str | None  # the last record of the batch to deliver first, as it was
+    idle_wait: float  # the pause after the next empty poll
+    iterator: str | None = None
+    opened: bool = False
+    pending: deque[_Batch] = field(default_factory=deque)  # batches to (re)deliver, in order
+    buffer: list[StreamRecord] = field(default_factory=list)  # polled, not yet in a batch
+    first_buffered: float = 0.0
+
+
 class EventSourceMapping:
     """Polls a source's shards and invokes a function with Lambda's batching and failure rules.
 
@@ -319,7 +397,10 @@ class EventSourceMapping:
     send_to_destination
         Delivers the on-failure record (a dict in Lambda's format) to the destination ARN.
     poll_interval_s
-        Pause after an empty poll.
+        Pause after an empty poll; doubled after each further empty poll, up to ``idle_poll_max_s``.
+    idle_poll_max_s
+        The longest pause between polls of an idle shard (Lambda polls an idle Kinesis shard once a second; half
+        that keeps the 2 s freshness goal, which crosses two mappings).
     retry_base_s
         Base of the jittered exponential pause before a retry (capped at 2 s).
     paused
@@ -336,6 +417,7 @@ class EventSourceMapping:
         invoke: Invoke,
         send_to_destination: Callable[[str, dict[str, Any]], None],
         poll_interval_s: float = 0.2,
+        idle_poll_max_s: float = 0.5,
         retry_base_s: float = 0.05,
         clock: Callable[[], float] = time.time,
         paused: Callable[[], bool] = lambda: False,
@@ -347,6 +429,8 @@ class EventSourceMapping:
         self.invoke = invoke
         self.send_to_destination = send_to_destination
         self.poll_interval_s = poll_interval_s
+        self.idle_poll_max_s = max(idle_poll_max_s, poll_interval_s)
+        self.read_limit = max(spec.batch_size, getattr(source, "max_records", spec.batch_size))
         self.retry_base_s = retry_base_s
         self.clock = clock
         self.checkpoints = checkpoints or Checkpoints()
@@ -375,41 +459,59 @@ class EventSourceMapping:
 
     # -- one shard
     def _run_shard(self, shard: str) -> None:
-        start = self.checkpoints.get(shard)
-        replay = start.through  # the batch in flight when the previous worker stopped: it goes out first, as it was
-        iterator: str | None = None
-        opened = False
-        pending: deque[_Batch] = deque()  # batches to (re)deliver, in order
-        buffer: list[StreamRecord] = []
-        first_buffered = 0.0
+        at = self.checkpoints.get(shard)
+        # ``replay``: the batch in flight when the previous worker stopped: it goes out first, as it was
+        state = _ShardState(after=at.after, replay=at.through, idle_wait=self.poll_interval_s)
         while not self._stop.is_set():
             if self.paused():
                 self._stop.wait(self.poll_interval_s)
                 continue
             try:
-                if not opened:
-                    iterator, opened = self._open(shard, start.after), True
-                if pending:
-                    self._deliver(shard, pending)
-                    continue
-                got: list[StreamRecord] = []
-                if iterator is not None:
-                    got, iterator = self.source.get(iterator, self.spec.batch_size - len(buffer), shard)
-                if got and not buffer:
-                    first_buffered = self.clock()
-                buffer += got
-                if size := self._next_batch(buffer, first_buffered, replay, polled=bool(got)):
-                    raw, buffer, replay, first_buffered = buffer[:size], buffer[size:], None, self.clock()
-                    self._queue(shard, pending, _Batch(self._filter(raw), raw[-1].sequence_number))
-                    continue
-                with self._lock:
-                    self.stats.shards[shard] = {"idle": not got and not buffer, "pending": len(buffer)}
-                if not got:
-                    self._stop.wait(self.poll_interval_s)
+                self._step(shard, state)
             except Exception as exc:  # keep polling: a mapping never dies, like Lambda's
                 with self._lock:
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(1.0)
+
+    def _step(self, shard: str, st: _ShardState) -> None:
+        """One turn of a shard's loop: deliver a pending batch, or poll and cut the next batch, or wait."""
+        if not st.opened:
+            st.iterator, st.opened = self._open(shard, st.after), True
+        if st.pending:
+            self._deliver(shard, st.pending)
+            return
+        got: list[StreamRecord] = []
+        full = len(st.buffer) >= self.spec.batch_size  # a batch is buffered already: no read until it is out
+        waited = False  # the source waited for records (long polling): no pause here after an empty read
+        if st.iterator is not None and not full:
+            if getattr(self.source, "waits", False):
+                got, st.iterator = self.source.get(st.iterator, self.read_limit, shard, self._pause(st))
+                waited = True
+            else:
+                got, st.iterator = self.source.get(st.iterator, self.read_limit, shard)
+        if got:
+            st.idle_wait = self.poll_interval_s  # records again: quick polls again
+            if not st.buffer:
+                st.first_buffered = self.clock()
+        st.buffer += got
+        if size := self._next_batch(st.buffer, st.first_buffered, st.replay, polled=bool(got) or full):
+            raw, st.buffer = st.buffer[: min(size, self.spec.batch_size)], st.buffer[min(size, self.spec.batch_size) :]
+            st.replay, st.first_buffered = None, self.clock()
+            self._queue(shard, st.pending, _Batch(self._filter(raw), raw[-1].sequence_number))
+            return
+        with self._lock:
+            self.stats.shards[shard] = {"idle": not got and not st.buffer, "pending": len(st.buffer)}
+        if got:
+            return
+        if not waited:
+            self._stop.wait(self._pause(st))
+        st.idle_wait = min(st.idle_wait * 2, self.idle_poll_max_s)
+
+    def _pause(self, st: _ShardState) -> float:
+        """How long to wait for records now: the idle pause, but not past the end of a batching window."""
+        if st.buffer:
+            return min(st.idle_wait, max(0.0, st.first_buffered + self.spec.window_s - self.clock()))
+        return st.idle_wait
 
     def _checkpoint(self, shard: str, position: Position) -> None:
         with self._lock:
@@ -519,6 +621,8 @@ class EventSourceMapping:
         now = self.clock()
         with self._lock:
             self.stats.records_done += len(records)
+            if records:
+                self.stats.last_done_at = now
             lat = self.stats.latencies_s
             for r in records:
                 if len(lat) < _MAX_SAMPLES:

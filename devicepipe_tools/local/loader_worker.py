@@ -31,6 +31,7 @@ from devicepipe.loader import Loader, Source
 from devicepipe.registry import read_registry
 from devicepipe.report_run import Request, Runtime, run
 from devicepipe.retry import Deadline
+from devicepipe_tools import wording
 from devicepipe_tools.local import files
 from devicepipe_tools.local.duckdb_warehouse import DuckDBWarehouse
 from devicepipe_tools.local.files import read_json, write_json
@@ -196,23 +197,26 @@ def status_lines(state_dir: Path, now: float | None = None) -> list[str]:
     lines = []
     if doc := read_json(state_dir / files.LOADER):
         lines.append(
-            f"  loader: {doc['cycles']} cycles, last {_ago(now, doc.get('last_cycle_at', 0))} "
+            f"  loader: {wording.count(doc['cycles'], 'cycle')}, last {_ago(now, doc.get('last_cycle_at', 0))} "
             f"({'FAILING' if doc.get('failing') else 'ok'}), last ok {_ago(now, doc.get('last_ok_at', 0))}; "
-            f"{doc['objects_loaded']} objects loaded (as {doc.get('copy_files', 0)} COPY files), "
-            f"{doc['quarantined_objects']} objects quarantined, "
-            f"{doc['errors']} failed cycles; lag {doc.get('lag_s')} s (the oldest staged object not loaded yet)"
+            f"{wording.count(doc['objects_loaded'], 'object')} loaded "
+            f"(as {wording.count(doc.get('copy_files', 0), 'COPY file')}), "
+            f"{wording.count(doc['quarantined_objects'], 'object')} quarantined, "
+            f"{wording.count(doc['errors'], 'failed cycle')}; lag {doc.get('lag_s')} s "
+            "(the oldest staged object not loaded yet)"
         )
         if error := doc.get("last_error"):
             lines.append(f"  loader: last error {_ago(now, error['at'])} in {error['step']}: {error['error']}")
         if snapshot := doc.get("snapshot"):
             lines.append(
-                f"  warehouse for readers: {snapshot['path']} (read-only), published {snapshot['publishes']} times, "
+                f"  warehouse for readers: {snapshot['path']} (read-only), published "
+                f"{wording.count(snapshot['publishes'], 'time')}, "
                 f"last {_ago(now, snapshot['published_at'])} ({snapshot['seconds']} s)"
             )
     if reports := read_json(state_dir / files.REPORTS):
         last = reports.get("last", {})
         lines.append(
-            f"  reports: {reports['runs']} runs, last {_ago(now, reports['updated_at'])}: "
+            f"  reports: {wording.count(reports['runs'], 'run')}, last {_ago(now, reports['updated_at'])}: "
             + (
                 f"error: {last['error']}"
                 if "error" in last

@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devicepipe_tools.local.resources import ACCOUNT
+from devicepipe_tools.local import moto_fixes
 from devicepipe_tools.stats import summary_ms
 
 _MARK = "__devicepipe_replicator_wraps__"  # on our wrappers: the function they wrap
-_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+_WRITES = moto_fixes.DYNAMODB_WRITES
 
 
 def _original(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,8 +97,7 @@ class Replicator:
     # -- lifecycle
     def install(self) -> None:
         """Hook moto's DynamoDB write path (in this process) and start applying."""
-        from moto.dynamodb.models import DynamoDBBackend
-        from moto.dynamodb.models.table import StreamShard
+        DynamoDBBackend, StreamShard = moto_fixes.dynamodb_classes()
 
         for name in _WRITES:
             setattr(DynamoDBBackend, name, self._locked(_original(getattr(DynamoDBBackend, name))))
@@ -107,8 +106,7 @@ class Replicator:
 
     def uninstall(self) -> None:
         """Stop applying and restore moto's write path."""
-        from moto.dynamodb.models import DynamoDBBackend
-        from moto.dynamodb.models.table import StreamShard
+        DynamoDBBackend, StreamShard = moto_fixes.dynamodb_classes()
 
         self._stop.set()
         with self._wake:
@@ -208,9 +206,7 @@ class Replicator:
             self._apply(head)
 
     def _apply(self, p: _Pending) -> None:
-        from moto.dynamodb.models import dynamodb_backends
-
-        backend = dynamodb_backends[ACCOUNT][p.target]
+        backend = moto_fixes.dynamodb_backend(p.target)
         with self._locks[p.target]:
             current = self._versions.get((p.target, p.table, p.key))
             if current is not None and current > (p.written_at, p.source):

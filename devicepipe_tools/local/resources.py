@@ -7,7 +7,9 @@ unmodified with ``AWS_ENDPOINT_URL`` pointing at moto.
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,35 +60,15 @@ class Resolver:
             return [self.resolve(v) for v in value]
         if not isinstance(value, dict):
             return value
-        if len(value) != 1:
-            return {k: self.resolve(v) for k, v in value.items()}
-        ((fn, arg),) = value.items()
-        if fn == "Ref":
-            return self._ref(arg)
-        if fn == "Fn::GetAtt":
-            logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
-            return self._get_att(logical, attr)
-        if fn == "Fn::Sub":
-            text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
-            return re.sub(r"\$\{([^}]+)\}", lambda m: str(extra.get(m[1]) or self._sub_var(m[1])), text)
-        if fn == "Fn::Equals":
-            a, b = self.resolve(arg)
-            return a == b
-        if fn == "Fn::If":
-            cond, yes, no = arg
-            return self.resolve(yes if self.condition(cond) else no)
-        if fn in ("Condition", "Fn::Condition"):  # a condition naming another (load_template reads !Condition so)
-            return self.condition(arg)
-        if fn == "Fn::Not":
-            return not self.resolve(arg[0])
-        if fn == "Fn::And":
-            return all(self.resolve(a) for a in arg)
-        if fn == "Fn::Or":
-            return any(self.resolve(a) for a in arg)
-        if fn == "Fn::Join":
-            sep, parts = arg
-            return sep.join(str(p) for p in self.resolve(parts))
+        if len(value) == 1:
+            ((fn, arg),) = value.items()
+            if function := _FUNCTIONS.get(fn):
+                return function(self, arg)
         return {k: self.resolve(v) for k, v in value.items()}
+
+    def _sub(self, arg: Any) -> str:
+        text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+        return re.sub(r"\$\{([^}]+)\}", lambda m: str(extra.get(m[1]) or self._sub_var(m[1])), text)
 
     def _sub_var(self, name: str) -> str:
         if "." in name:
@@ -113,6 +95,22 @@ class Resolver:
         raise KeyError(f"local stack cannot resolve GetAtt {logical}.{attr}")
 
 
+#: The intrinsic functions ``Resolver.resolve`` evaluates (a one-key dict of another key is plain data).
+_FUNCTIONS: dict[str, Callable[[Resolver, Any], Any]] = {
+    "Ref": lambda r, name: r._ref(name),
+    "Fn::GetAtt": lambda r, arg: r._get_att(*(arg if isinstance(arg, list) else arg.split(".", 1))),
+    "Fn::Sub": Resolver._sub,
+    "Fn::Equals": lambda r, arg: operator.eq(*r.resolve(arg)),
+    "Fn::If": lambda r, arg: r.resolve(arg[1] if r.condition(arg[0]) else arg[2]),
+    "Condition": Resolver.condition,  # a condition naming another (load_template reads !Condition so)
+    "Fn::Condition": Resolver.condition,
+    "Fn::Not": lambda r, arg: not r.resolve(arg[0]),
+    "Fn::And": lambda r, arg: all(r.resolve(a) for a in arg),
+    "Fn::Or": lambda r, arg: any(r.resolve(a) for a in arg),
+    "Fn::Join": lambda r, arg: arg[0].join(str(p) for p in r.resolve(arg[1])),
+}
+
+
 def clients(endpoint: str, region: str, *services: str, config: Config | None = None) -> dict[str, Any]:
     """boto3 clients for the local stack's moto server (fake credentials, one region)."""
     session = boto3.session.Session(
@@ -128,66 +126,98 @@ def physical_name(logical_id: str, region: str) -> str:
 
 def create_region(template: dict[str, Any], region: str, endpoint: str) -> RegionResources:
     """Create one region's Kinesis streams, DynamoDB tables, S3 buckets, SQS queues and SNS topics on moto."""
-    res = RegionResources(region)
-    resolver = Resolver(template, res)
-    client = clients(endpoint, region, "kinesis", "dynamodb", "s3", "sqs", "sns")
+    creator = _Creator(template, RegionResources(region), endpoint)
     for logical_id, spec in template["Resources"].items():
-        kind, props = spec["Type"], spec.get("Properties", {})
-        if kind == "AWS::Kinesis::Stream":
-            name = physical_name(logical_id, region)
-            client["kinesis"].create_stream(StreamName=name, ShardCount=int(props.get("ShardCount", 1)))
-            client["kinesis"].get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
-            res.names[logical_id] = name
-            res.arns[logical_id] = f"arn:aws:kinesis:{region}:{ACCOUNT}:stream/{name}"
-        elif kind == "AWS::DynamoDB::GlobalTable":
-            # Every region has its replica; in AWS the primary stack creates both (condition IsPrimaryRegion).
-            name = str(resolver.resolve(props["TableName"]))
-            out = client["dynamodb"].create_table(**create_table_kwargs(template, logical_id, name))
-            if attr := ttl_attribute(template, logical_id):
-                client["dynamodb"].update_time_to_live(
-                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr}
-                )
-            res.names[logical_id] = name
-            res.arns[logical_id] = out["TableDescription"]["TableArn"]
-            if "LatestStreamArn" in out["TableDescription"]:
-                res.stream_arns[logical_id] = out["TableDescription"]["LatestStreamArn"]
-        elif kind == "AWS::S3::Bucket":
-            name = physical_name(logical_id, region)
-            kwargs: dict[str, Any] = {"Bucket": name}
-            if region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            client["s3"].create_bucket(**kwargs)
-            if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
-                client["s3"].put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-            res.names[logical_id] = name
-            res.arns[logical_id] = f"arn:aws:s3:::{name}"
-        elif kind == "AWS::SQS::Queue":
-            name = physical_name(logical_id, region)
-            url = client["sqs"].create_queue(QueueName=name)["QueueUrl"]
-            res.names[logical_id] = url
-            res.arns[logical_id] = f"arn:aws:sqs:{region}:{ACCOUNT}:{name}"
-        elif kind == "AWS::SNS::Topic":
-            arn = client["sns"].create_topic(Name=physical_name(logical_id, region))["TopicArn"]
-            res.names[logical_id] = arn  # !Ref of a topic is its ARN
-            res.arns[logical_id] = arn
-        elif kind == "AWS::Serverless::Function":
-            name = f"{STACK}-{logical_id}"
-            res.names[logical_id] = name
-            res.arns[logical_id] = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
+        creator.create(logical_id, spec["Type"], spec.get("Properties", {}))
+    return creator.res
+
+
+class _Creator:
+    """Creates one region's resources, one method per resource type; records their names and ARNs in ``res``."""
+
+    def __init__(self, template: dict[str, Any], res: RegionResources, endpoint: str) -> None:
+        self.template = template
+        self.res = res
+        self.region = res.region
+        self.resolver = Resolver(template, res)
+        self.client = clients(endpoint, res.region, "kinesis", "dynamodb", "s3", "sqs", "sns")
+
+    def create(self, logical_id: str, kind: str, props: dict[str, Any]) -> None:
+        make = {
+            "AWS::Kinesis::Stream": self._stream,
+            "AWS::DynamoDB::GlobalTable": self._table,
+            "AWS::S3::Bucket": self._bucket,
+            "AWS::SQS::Queue": self._queue,
+            "AWS::SNS::Topic": self._topic,
+            "AWS::Serverless::Function": self._function,
+        }.get(kind)
+        if make is not None:
+            make(logical_id, props)
         else:
-            # Not emulated (KMS, IAM, logs, VPC, ElastiCache, secrets: nothing local reads them); their
-            # names resolve so that Refs do. The local Redis is given to the functions as REDIS_URL.
-            res.names[logical_id] = physical_name(logical_id, region)
-            res.arns[logical_id] = f"arn:aws:local:{region}:{ACCOUNT}:{logical_id}"
-            if kind == "AWS::ElastiCache::ReplicationGroup":
-                res.attributes[f"{logical_id}.PrimaryEndPoint.Address"] = "127.0.0.1"
-                res.attributes[f"{logical_id}.PrimaryEndPoint.Port"] = "6379"
-            elif kind == "AWS::RDS::DBCluster":  # the local PostgreSQL is given to the functions as REGISTRY_URL
-                for endpoint_attr in ("Endpoint", "ReadEndpoint"):
-                    res.attributes[f"{logical_id}.{endpoint_attr}.Address"] = "127.0.0.1"
-                res.attributes[f"{logical_id}.Endpoint.Port"] = "5432"
-                res.attributes[f"{logical_id}.DBClusterResourceId"] = f"cluster-{logical_id.lower()}"
-    return res
+            self._not_emulated(logical_id, kind)
+
+    def _named(self, logical_id: str, name: str, arn: str) -> None:
+        self.res.names[logical_id] = name
+        self.res.arns[logical_id] = arn
+
+    def _stream(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = physical_name(logical_id, self.region)
+        kinesis = self.client["kinesis"]
+        kinesis.create_stream(StreamName=name, ShardCount=int(props.get("ShardCount", 1)))
+        kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1})
+        self._named(logical_id, name, f"arn:aws:kinesis:{self.region}:{ACCOUNT}:stream/{name}")
+
+    def _table(self, logical_id: str, props: dict[str, Any]) -> None:
+        # Every region has its replica; in AWS the primary stack creates both (condition IsPrimaryRegion).
+        name = str(self.resolver.resolve(props["TableName"]))
+        dynamodb = self.client["dynamodb"]
+        out = dynamodb.create_table(**create_table_kwargs(self.template, logical_id, name))
+        if attr := ttl_attribute(self.template, logical_id):
+            dynamodb.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": attr}
+            )
+        self._named(logical_id, name, out["TableDescription"]["TableArn"])
+        if "LatestStreamArn" in out["TableDescription"]:
+            self.res.stream_arns[logical_id] = out["TableDescription"]["LatestStreamArn"]
+
+    def _bucket(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = physical_name(logical_id, self.region)
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        self.client["s3"].create_bucket(**kwargs)
+        if props.get("VersioningConfiguration", {}).get("Status") == "Enabled":
+            self.client["s3"].put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        self._named(logical_id, name, f"arn:aws:s3:::{name}")
+
+    def _queue(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = physical_name(logical_id, self.region)
+        url = self.client["sqs"].create_queue(QueueName=name)["QueueUrl"]
+        self._named(logical_id, url, f"arn:aws:sqs:{self.region}:{ACCOUNT}:{name}")
+
+    def _topic(self, logical_id: str, props: dict[str, Any]) -> None:
+        arn = self.client["sns"].create_topic(Name=physical_name(logical_id, self.region))["TopicArn"]
+        self._named(logical_id, arn, arn)  # !Ref of a topic is its ARN
+
+    def _function(self, logical_id: str, props: dict[str, Any]) -> None:
+        name = f"{STACK}-{logical_id}"
+        self._named(logical_id, name, f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}")
+
+    def _not_emulated(self, logical_id: str, kind: str) -> None:
+        """KMS, IAM, logs, VPC, ElastiCache, secrets: nothing local reads them; their names resolve so that Refs
+        do. The local Redis is given to the functions as REDIS_URL, the local PostgreSQL as REGISTRY_URL."""
+        self._named(
+            logical_id, physical_name(logical_id, self.region), f"arn:aws:local:{self.region}:{ACCOUNT}:{logical_id}"
+        )
+        attributes = self.res.attributes
+        if kind == "AWS::ElastiCache::ReplicationGroup":
+            attributes[f"{logical_id}.PrimaryEndPoint.Address"] = "127.0.0.1"
+            attributes[f"{logical_id}.PrimaryEndPoint.Port"] = "6379"
+        elif kind == "AWS::RDS::DBCluster":
+            for endpoint_attr in ("Endpoint", "ReadEndpoint"):
+                attributes[f"{logical_id}.{endpoint_attr}.Address"] = "127.0.0.1"
+            attributes[f"{logical_id}.Endpoint.Port"] = "5432"
+            attributes[f"{logical_id}.DBClusterResourceId"] = f"cluster-{logical_id.lower()}"
 
 
 def function_env(template: dict[str, Any], logical_id: str, res: RegionResources) -> dict[str, str]:

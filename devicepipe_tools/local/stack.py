@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 from devicepipe.config import READER_LOGIN
 from devicepipe.database import PgDatabase
 from devicepipe.registry import migrate
-from devicepipe_tools.local import files
+from devicepipe_tools.local import files, moto_fixes
 from devicepipe_tools.local.api_server import routes
 from devicepipe_tools.local.files import read_json, write_json
 from devicepipe_tools.local.net import accepting, free_port, in_use, port_plan
@@ -50,6 +50,7 @@ from devicepipe_tools.local.outage import OutageMiddleware, down_regions, set_do
 from devicepipe_tools.local.postgres import LocalPostgres, PostgresUnavailable, find_binaries, start_postgres
 from devicepipe_tools.local.redis_server import start_redis
 from devicepipe_tools.local.resources import RegionResources, create_region, function_env
+from devicepipe_tools.local.stream_reads import StreamReads
 from devicepipe_tools.local.supervisor import (
     ChildSpec,
     Proc,
@@ -112,12 +113,13 @@ def _gone(state: dict[str, Any], state_dir: Path) -> str:
     if left := [p.pid for p in recorded(state) if p.alive()]:
         return (
             f"the local stack's supervisor (pid {state['pid']}) is gone, but {len(left)} of its processes still run "
-            f"(pids {', '.join(map(str, left))}): `{_command('down', state_dir)}` ends them"
+            f"(pids {', '.join(map(str, left))}): `{command('down', state_dir)}` ends them"
         )
     return f"the local stack (pid {state['pid']}) is gone: see {state_dir / files.STACK_LOG}, then `local up`"
 
 
-def _command(action: str, state_dir: Path) -> str:
+def command(action: str, state_dir: Path) -> str:
+    """The `devicepipe local` command that acts on the stack of ``state_dir``, as a user types it."""
     return f"devicepipe local {action}" + (f" --state-dir {state_dir}" if state_dir != STATE_DIR else "")
 
 
@@ -177,6 +179,10 @@ def up(
 
 def preflight(regions: tuple[str, ...], port: int | None = None) -> None:
     """What would keep a stack from starting, found before anything starts: ``StackError``, in one line."""
+    try:
+        moto_fixes.check_version()
+    except moto_fixes.MotoVersionError as exc:
+        raise StackError(str(exc)) from None
     if not regions or len(set(regions)) < len(regions):
         raise StackError(f"regions must be given once each: {', '.join(regions) or 'none given'}")
     if unknown := [r for r in regions if r not in _aws_regions()]:
@@ -217,9 +223,7 @@ def _refuse_over_a_stack(state_dir: Path) -> None:
     if not state:
         return
     if _supervisor(state).alive():
-        raise StackError(
-            f"a local stack is already running (pid {state['pid']}): `{_command('down', state_dir)}` first"
-        )
+        raise StackError(f"a local stack is already running (pid {state['pid']}): `{command('down', state_dir)}` first")
     if any(p.alive() for p in recorded(state)):
         raise StackError(_gone(state, state_dir))
     _remove_registry(state)
@@ -421,20 +425,11 @@ class _Stack:
 
     def _start_moto(self) -> str:
         """moto's server, in this process (its state lives here), behind the regional outages; its endpoint."""
-        import logging
-
-        from moto.server import ThreadedMotoServer
-
-        from devicepipe_tools.local import moto_fixes
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
         moto_fixes.apply()
         port = self.ports.get("moto") or free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        self.cleanups.append(server.stop)
-        self.outages = OutageMiddleware(server._server.app)  # type: ignore[union-attr]
-        server._server.app = self.outages  # type: ignore[union-attr]
+        # GetRecords answered beside moto (stream_reads), behind the outages: a down region's reads fail too
+        stop, self.outages = moto_fixes.start_server(port, lambda app: OutageMiddleware(StreamReads(app)))
+        self.cleanups.append(stop)
         return f"http://127.0.0.1:{port}"
 
     def _start_registry(self) -> LocalPostgres:
@@ -576,7 +571,7 @@ def serve(
 
 def _one_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    ours = isinstance(exc, StackError | PostgresUnavailable)
+    ours = isinstance(exc, StackError | PostgresUnavailable | moto_fixes.MotoVersionError)
     return text if ours and text else f"{type(exc).__name__}: {text}".rstrip(": ")
 
 

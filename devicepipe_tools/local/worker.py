@@ -20,7 +20,14 @@ from typing import Any
 import boto3
 
 from devicepipe_tools.local import files
-from devicepipe_tools.local.esm import Checkpoints, DynamoDBStreamSource, EventSourceMapping, KinesisSource, MappingSpec
+from devicepipe_tools.local.esm import (
+    Checkpoints,
+    DynamoDBStreamSource,
+    EventSourceMapping,
+    KinesisSource,
+    MappingSpec,
+    WireReads,
+)
 from devicepipe_tools.local.files import write_json
 from devicepipe_tools.local.functions import context_for, function_spec, load_handler
 from devicepipe_tools.local.outage import down_regions
@@ -44,10 +51,12 @@ def mapping_specs(template: dict[str, Any], resolver: Resolver, function: str) -
 
 
 def source_for(spec: MappingSpec, region: str) -> Any:
+    # moto's server, as the stack's environment says: records are read off the wire, without botocore's parser
+    wire = WireReads(os.environ["AWS_ENDPOINT_URL"], region) if os.environ.get("AWS_ENDPOINT_URL") else None
     if spec.kind == "kinesis":
-        return KinesisSource(boto3.client("kinesis"), spec.source_arn, region)
+        return KinesisSource(boto3.client("kinesis"), spec.source_arn, region, wire)
     if spec.kind == "dynamodb":
-        return DynamoDBStreamSource(boto3.client("dynamodbstreams"), spec.source_arn, region)
+        return DynamoDBStreamSource(boto3.client("dynamodbstreams"), spec.source_arn, region, wire)
     raise NotImplementedError(f"{spec.logical_id}: local event source {spec.kind} is not supported yet")
 
 

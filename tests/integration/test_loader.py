@@ -605,7 +605,7 @@ def test_devicepipe_loads_shows_a_quarantined_object_and_reloads_it_once_fixed(
         return code, captured.out + captured.err
 
     code, out = loads("list")
-    assert code == cli.EXIT_OK and "quarantined: 1 objects" in out and key in out and "not gzip" in out
+    assert code == cli.EXIT_OK and "quarantined: 1 object " in out and key in out and "not gzip" in out
     code, out = loads("errors", key)
     assert code == cli.EXIT_OK and "line 0" in out and "not gzip" in out
     assert loads("reload", key)[0] == cli.EXIT_FAILED  # not fixed yet: it stays quarantined

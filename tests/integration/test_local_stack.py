@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from devicepipe_tools import cli
-from devicepipe_tools.events import encode, reading
+from devicepipe_tools.events import encode, reading, sample_events
 from devicepipe_tools.fakes import FaultyKinesis
 from devicepipe_tools.local import stack
 from devicepipe_tools.local.resources import clients as local_clients
@@ -157,10 +157,10 @@ def function_of(event_path: str) -> str:
 @pytest.mark.parametrize(
     "event",
     sorted(
-        p.relative_to(ROOT / "events").as_posix()
-        for p in (ROOT / "events").rglob("*.json")
+        rel
+        for rel in sample_events()
         # the loader's and the report function's need the Redshift Data API (the stack runs their logic on DuckDB)
-        if not p.relative_to(ROOT / "events").as_posix().startswith(("loader/", "read_api/", "reports/"))
+        if not rel.startswith(("loader/", "read_api/", "reports/"))
     ),
 )
 def test_every_sample_event_runs_through_its_function(local: dict[str, Any], event: str, capfd: Any) -> None:
@@ -232,6 +232,8 @@ def test_the_stack_loads_the_warehouse_and_loads_lists_it(local: dict[str, Any],
         return path.exists() and int(json.loads(path.read_text())["objects_loaded"]) > 0
 
     wait_for(loaded, 120)  # the stager batches for up to 30 s
+    doc = json.loads((local["state_dir"] / "loader.json").read_text())
+    assert 1 <= doc["copy_files"] <= doc["objects_loaded"]  # the loads read joined files (devicepipe.compaction)
     assert cli.main(["loads", "list", "--local", "--state-dir", str(local["state_dir"])]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "loaded: " in out and "quarantined: 0 objects" in out

@@ -253,7 +253,7 @@ def test_a_branch_report_from_a_csv_registry_through_the_cli(
     wait_for(loaded, 120)
 
     assert cli.main(["local", "report", "--period", day.isoformat(), "--state-dir", state_dir]) == cli.EXIT_OK
-    assert "1 reports due: 1 written" in capsys.readouterr().out
+    assert "1 report due: 1 written" in capsys.readouterr().out
     report = read(local, capsys, "report", BRANCH, "--period", day.isoformat())["report"]
     summary = report["summary"]
     assert (summary["readings"], summary["devices_expected"], summary["unregistered_devices"]) == (
@@ -266,4 +266,4 @@ def test_a_branch_report_from_a_csv_registry_through_the_cli(
     assert temp["out_of_range"] == sum(1 for i in on_day if not 18 <= 20 + i <= 22)
     # A second run finds nothing new: nothing written, nothing sent.
     assert cli.main(["local", "report", "--period", day.isoformat(), "--state-dir", state_dir]) == cli.EXIT_OK
-    assert "1 reports due: 0 written, 1 unchanged" in capsys.readouterr().out
+    assert "1 report due: 0 written, 1 unchanged" in capsys.readouterr().out

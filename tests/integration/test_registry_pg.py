@@ -267,7 +267,7 @@ def test_cli_end_to_end(database_url: str, tmp_path: Path, capsys: pytest.Captur
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("kind,metric,unit,low,high\nclimate,temp_c,degC,17,25\n")
     files = ["--branches", str(branches), "--devices", str(devices), "--metrics", str(metrics)]
-    assert run_cli(capsys, "import", *url, *files)[:2] == (0, "imported 1 branches, 2 devices, 1 metric definitions\n")
+    assert run_cli(capsys, "import", *url, *files)[:2] == (0, "imported 1 branch, 2 devices, 1 metric definition\n")
 
     # A bad file: every row reported, nothing imported
     bad = tmp_path / "bad.csv"

@@ -140,5 +140,5 @@ def test_the_cli_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_report_line_names_every_figure(target: Target) -> None:
     seed_latest(target.dynamodb, TABLE, 3, 1)
     line = rebuild(target).line()
-    for word in ("3 devices scanned", "3 written", "0 kept", "1 branch views", "devices/s"):
+    for word in ("3 devices scanned", "3 written", "0 kept", "1 branch view marked", "devices/s"):
         assert word in line

@@ -48,3 +48,31 @@ def test_negative_replication_delay_is_refused() -> None:
     with pytest.raises(SystemExit) as info:
         main(["local", "up", "--replication-delay-ms", "-1"])
     assert info.value.code == 2
+
+
+def test_a_kept_demo_stack_is_the_local_stack_and_never_replaces_a_running_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: `demo --keep` left a stack in .local/demo that `local status` and `local down` could not see."""
+    from devicepipe_tools.local import demo, stack
+
+    ran: list[Path] = []
+
+    def run_demo(**kw: object) -> object:
+        ran.append(kw["state_dir"])  # type: ignore[arg-type]
+        raise stack.StackError("stopped here")
+
+    def no_stack(state_dir: Path) -> dict[str, object]:
+        raise stack.StackError("no local stack is running")
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    monkeypatch.setattr(stack, "read_state", no_stack)
+    # No stack running: the kept demo runs in the local stack's own directory; without --keep, in its own
+    main(["local", "demo", "--keep"])
+    main(["local", "demo"])
+    assert ran == [stack.STATE_DIR, demo.DEMO_DIR]
+    # A stack running there: refused in one line, nothing started
+    monkeypatch.setattr(stack, "read_state", lambda state_dir: {"pid": 4242})
+    assert main(["local", "demo", "--keep"]) == EXIT_USAGE
+    assert "a local stack is already running (pid 4242): `devicepipe local down` first" in capsys.readouterr().err
+    assert len(ran) == 2

@@ -22,6 +22,7 @@ class FakeSource:
     def __init__(self, docs: list[dict[str, Any]] | None = None, arrival_s: float | None = None) -> None:
         self.records: list[StreamRecord] = []
         self.lock = threading.Lock()
+        self.gets: list[tuple[float, int, int]] = []  # (when, limit asked, records answered) of each GetRecords
         for doc in docs or []:
             self.put(doc, arrival_s)
 
@@ -43,6 +44,7 @@ class FakeSource:
         with self.lock:
             start = int(iterator)
             got = self.records[start : start + limit]
+            self.gets.append((time.monotonic(), limit, len(got)))
         return [StreamRecord(r.event, r.sequence_number, r.arrival_s, r.filter_view) for r in got], str(
             start + len(got)
         )
@@ -241,3 +243,118 @@ def test_a_paused_mapping_invokes_nothing_and_resumes_where_it_was() -> None:
         time.sleep(0.02)
     mapping.stop()
     assert fn.delivered == list(range(5))
+
+
+class BigReadsSource(FakeSource):
+    max_records = 1000  # what one GetRecords may return, as the real sources say
+
+    def iterator(self, shard: str, position: str, after: str | None = None) -> str:
+        return after if after is not None else super().iterator(shard, position)  # sequence n is index n - 1
+
+
+def test_records_are_read_in_the_largest_batches_the_source_gives_and_delivered_in_batch_size() -> None:
+    # Given a backlog of 35 records and a mapping whose batches are 10
+    source, fn = BigReadsSource(docs(35)), Recorder()
+    run(spec(batch_size=10), source, fn, until=lambda: len(fn.delivered) >= 35)
+    # Then one GetRecords asked for the source's maximum and fetched them all; the function still got batches of
+    # at most 10, in order, each once
+    first_limit, first_got = source.gets[0][1:]
+    assert (first_limit, first_got) == (1000, 35)
+    assert sum(1 for _, _, got in source.gets if got) == 1
+    assert fn.batches == [list(range(i, min(i + 10, 35))) for i in range(0, 35, 10)]
+
+
+def test_a_restart_redelivers_what_was_read_ahead_but_not_yet_delivered(tmp_path: Any) -> None:
+    from devicepipe_tools.local.esm import Checkpoints
+
+    # Given a worker that read 30 records in one call, delivered the first batch of 10, then died in the second
+    source = BigReadsSource(docs(30))
+    first = Recorder(lambda ns, call: (_ for _ in ()).throw(RuntimeError("killed")) if call > 1 else None)
+    mapping = EventSourceMapping(
+        spec(batch_size=10),
+        source,
+        first,
+        lambda *_: None,
+        poll_interval_s=0.01,
+        retry_base_s=0.001,
+        checkpoints=Checkpoints(tmp_path / "M.json"),
+    )
+    mapping.start()
+    deadline = time.monotonic() + 5
+    while len(first.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mapping.stop()
+    # When a new worker starts from the checkpoints
+    second = Recorder()
+    restarted = EventSourceMapping(
+        spec(batch_size=10),
+        source,
+        second,
+        lambda *_: None,
+        poll_interval_s=0.01,
+        checkpoints=Checkpoints(tmp_path / "M.json"),
+    )
+    restarted.start()
+    deadline = time.monotonic() + 5
+    while len(second.delivered) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    restarted.stop()
+    # Then it delivers the batch in flight again as it was, then the rest: nothing read ahead is lost
+    assert first.batches[0] == list(range(10))
+    assert second.batches == [list(range(10, 20)), list(range(20, 30))]
+
+
+def test_an_idle_shard_polls_less_and_less_yet_picks_up_new_records() -> None:
+    source, fn = FakeSource(), Recorder()
+    mapping = EventSourceMapping(
+        spec(), source, fn, lambda *_: None, poll_interval_s=0.01, idle_poll_max_s=0.16, retry_base_s=0.001
+    )
+    mapping.start()
+    time.sleep(1.0)
+    idle_polls = len(source.gets)
+    # Then the pause after each empty poll doubled up to its maximum: 0.01, 0.02, 0.04, 0.08, 0.16, 0.16, ...
+    # (about 10 polls in a second, where a steady 0.01 s would make about 100)
+    assert 6 <= idle_polls <= 14
+    gaps = [b[0] - a[0] for a, b in zip(source.gets, source.gets[1:], strict=False)]
+    assert max(gaps) < 0.16 + 0.1 and gaps[-1] > 0.12
+    # And a record put now is still delivered within the longest pause
+    source.put({"n": 1})
+    put_at = time.monotonic()
+    deadline = put_at + 5
+    while not fn.delivered and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert fn.delivered == [1] and time.monotonic() - put_at < 0.16 + 0.15
+    # And a poll that found records starts the pauses over: the next empty polls come quickly again
+    polls_before = len(source.gets)
+    time.sleep(0.1)
+    mapping.stop()
+    assert len(source.gets) - polls_before >= 3
+
+
+class WaitingSource(FakeSource):
+    """Answers an empty read only when ``wait_s`` is over (long polling), as the local stack's wire reads do."""
+
+    waits = True
+
+    def get(self, iterator: str, limit: int, shard: str, wait_s: float = 0.0) -> tuple[list[StreamRecord], str]:
+        got, it = super().get(iterator, limit, shard)
+        if not got:
+            time.sleep(wait_s)
+        self.gets[-1] = (*self.gets[-1], wait_s)  # type: ignore[assignment]
+        return got, it
+
+
+def test_a_source_that_waits_for_records_is_asked_to_wait_the_idle_pause_instead_of_a_pause_here() -> None:
+    source, fn = WaitingSource(), Recorder()
+    mapping = EventSourceMapping(
+        spec(), source, fn, lambda *_: None, poll_interval_s=0.01, idle_poll_max_s=0.16, retry_base_s=0.001
+    )
+    mapping.start()
+    time.sleep(1.0)
+    mapping.stop()
+    waits = [g[3] for g in source.gets]  # type: ignore[misc]
+    # Each read was asked to wait the pause that would have followed it, doubling up to the maximum; no pause
+    # between reads besides (about one second of waiting in all, in about as many reads as with pauses)
+    assert waits[:5] == [0.01, 0.02, 0.04, 0.08, 0.16] and set(waits[5:]) == {0.16}
+    gaps = [b[0] - a[0] for a, b in zip(source.gets, source.gets[1:], strict=False)]
+    assert all(gap < wait + 0.05 for gap, wait in zip(gaps, waits, strict=False))

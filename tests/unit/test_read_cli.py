@@ -170,7 +170,7 @@ LATEST = {
             cli._render_branches,
             BRANCHES,
             [
-                "1 branches (from the table in us-east-1)",
+                "1 branch (from the table in us-east-1)",
                 "branch  devices  last seen                    age",
                 "b-1     12       2026-11-02T07:54:30.000000Z  1h05m",
             ],
@@ -385,5 +385,5 @@ def test_one_page_says_there_are_more(api: Any, capsys: pytest.CaptureFixture[st
     api({"/devices/d1/readings": doc})
     assert cli.main(["read", "history", "d1", "--api-url", API]) == cli.EXIT_OK
     out, err = capsys.readouterr()
-    assert out.splitlines()[0] == "d1: 1 readings, newest first (r)"
+    assert out.splitlines()[0] == "d1: 1 reading, newest first (r)"
     assert err == "more pages: --all fetches every one\n"

@@ -167,27 +167,54 @@ def build_app(
     then a clear error in the log rather than an import failure).
     """
     app = APIGatewayHttpResolver(serializer=_dumps)
+    app.use(middlewares=[_security_headers])
+    routes = _Routes(app, reads, region, version, stale_after_s, dashboard_html, now_s)
+    app.get("/devices/<device_id>/latest")(routes.latest)
+    app.get("/devices/<device_id>/readings")(routes.readings)
+    app.get("/branches")(routes.branches)
+    app.get("/branches/<branch_id>/devices")(routes.branch_devices)
+    app.get("/branches/<branch_id>/report")(routes.report)
+    app.get("/health")(routes.health)
+    app.get("/")(routes.dashboard)
+    app.not_found(routes.not_found)
+    app.exception_handler(ApiError)(_api_error)
+    app.exception_handler(Exception)(routes.bug)
+    return app
 
-    def security_headers(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
-        response: Response[Any] = next_middleware(app)
-        for name, value in _SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
 
-    app.use(middlewares=[security_headers])
+def _security_headers(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    response: Response[Any] = next_middleware(app)
+    for name, value in _SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
-    def params() -> dict[str, str]:
-        return dict(app.current_event.query_string_parameters or {})
 
-    @app.get("/devices/<device_id>/latest")
-    def latest(device_id: str) -> dict[str, Any]:
+def _api_error(exc: ApiError) -> Response[str]:
+    return exc.response()
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """The routes' handlers, over the app (for the current request) and build_app's dependencies."""
+
+    app: APIGatewayHttpResolver
+    reads: Callable[[], Reads]
+    region: str
+    version: str
+    stale_after_s: Callable[[], int]
+    dashboard_html: Callable[[], str]
+    now_s: Callable[[], float]
+
+    def params(self) -> dict[str, str]:
+        return dict(self.app.current_event.query_string_parameters or {})
+
+    def latest(self, device_id: str) -> dict[str, Any]:
         device = checked_id(device_id, "device_id")
-        reading, source = _answer(lambda: reads().latest(device))
-        return {"device_id": device, "region": region, "source": source, "reading": reading}
+        reading, source = _answer(lambda: self.reads().latest(device))
+        return {"device_id": device, "region": self.region, "source": source, "reading": reading}
 
-    @app.get("/devices/<device_id>/readings")
-    def readings(device_id: str) -> dict[str, Any]:
-        device, query = checked_id(device_id, "device_id"), params()
+    def readings(self, device_id: str) -> dict[str, Any]:
+        device, query = checked_id(device_id, "device_id"), self.params()
         start, end = checked_time(query, "from"), checked_time(query, "to")
         if start and end and start >= end:
             raise invalid("from", "earlier than to", query["from"])
@@ -195,39 +222,37 @@ def build_app(
         lo, hi = "R#" + (start or ""), "R#" + end if end else "R$"  # "$" sorts after "#": no upper bound
         scope = {"route": "readings", "device_id": device, "from": start, "to": end}
         after = Cursor.decode(query.get("cursor"), scope, valid=lambda a: isinstance(a, str) and lo <= a <= hi)
-        page = _answer(lambda: reads().history(device, lo, hi, limit, after))
-        if not page.items and after is None and not _answer(lambda: reads().known(device)):
+        page = _answer(lambda: self.reads().history(device, lo, hi, limit, after))
+        if not page.items and after is None and not _answer(lambda: self.reads().known(device)):
             raise ApiError(404, "not_found", f"device {device} has no reading")
         return {
             "device_id": device,
-            "region": region,
+            "region": self.region,
             "readings": page.items,
             "next_cursor": Cursor(scope, page.after).encode() if page.after else None,
         }
 
-    @app.get("/branches")
-    def branches() -> dict[str, Any]:
-        listing, source = _answer(lambda: reads().branches())
+    def branches(self) -> dict[str, Any]:
+        listing, source = _answer(lambda: self.reads().branches())
         return {
-            "region": region,
+            "region": self.region,
             "source": source,
             "branches": [
                 {"branch_id": b, "devices": n, "last_seen": format_epoch_s(ms / 1000)} for b, ms, n in listing
             ],
         }
 
-    @app.get("/branches/<branch_id>/devices")
-    def branch_devices(branch_id: str) -> dict[str, Any]:
-        branch, query = checked_id(branch_id, "branch_id"), params()
+    def branch_devices(self, branch_id: str) -> dict[str, Any]:
+        branch, query = checked_id(branch_id, "branch_id"), self.params()
         limit = checked_int(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        stale_after = checked_int(query, "stale_after", stale_after_s(), 1, 31_536_000)
+        stale_after = checked_int(query, "stale_after", self.stale_after_s(), 1, 31_536_000)
         scope = {"route": "branch_devices", "branch_id": branch}
         after = Cursor.decode(query.get("cursor"), scope, valid=_is_position)
-        page = _answer(lambda: reads().branch_devices(branch, limit, tuple(after) if after else None))
-        now_ms = now_s() * 1000
+        page = _answer(lambda: self.reads().branch_devices(branch, limit, tuple(after) if after else None))
+        now_ms = self.now_s() * 1000
         return {
             "branch_id": branch,
-            "region": region,
+            "region": self.region,
             "source": page.source,
             "stale_after": stale_after,
             "devices": [
@@ -242,48 +267,36 @@ def build_app(
             "next_cursor": Cursor(scope, list(page.after)).encode() if page.after else None,
         }
 
-    @app.get("/branches/<branch_id>/report")
-    def report(branch_id: str) -> dict[str, Any]:
-        branch, period = checked_id(branch_id, "branch_id"), checked_period(params(), now_s())
-        document, source = _answer(lambda: reads().report(branch, period))
-        return {"branch_id": branch, "period": period, "region": region, "source": source, "report": document}
+    def report(self, branch_id: str) -> dict[str, Any]:
+        branch, period = checked_id(branch_id, "branch_id"), checked_period(self.params(), self.now_s())
+        document, source = _answer(lambda: self.reads().report(branch, period))
+        return {"branch_id": branch, "period": period, "region": self.region, "source": source, "report": document}
 
-    @app.get("/health")
-    def health() -> Response[str]:
+    def health(self) -> Response[str]:
         def table() -> None:
-            reads().known("-health-check-")  # a GetItem: the permission the API has anyway
+            self.reads().known("-health-check-")  # a GetItem: the permission the API has anyway
 
-        checks = {"redis": _timed(lambda: reads().cache.redis.ping()), "table": _timed(table)}  # noqa: PLW0108
+        checks = {"redis": _timed(lambda: self.reads().cache.redis.ping()), "table": _timed(table)}  # noqa: PLW0108
         status = "ok" if all(c["ok"] for c in checks.values()) else "degraded"
         if not checks["table"]["ok"]:
             status = "unavailable"
         headers = dict(_SECURITY_HEADERS)
         if status == "unavailable":
             headers["Retry-After"] = str(RETRY_AFTER_S)
-        body = {"status": status, "region": region, "version": version, "checks": checks}
+        body = {"status": status, "region": self.region, "version": self.version, "checks": checks}
         return Response(503 if status == "unavailable" else 200, _JSON, _dumps(body), headers)
 
-    @app.get("/")
-    def dashboard() -> Response[str]:
-        html = dashboard_html()
+    def dashboard(self) -> Response[str]:
+        html = self.dashboard_html()
         return Response(200, "text/html; charset=utf-8", html, page_html_headers(html))
 
-    @app.not_found
-    def not_found(_: Exception) -> Response[str]:
-        return ApiError(
-            404, "not_found", f"no route {app.current_event.request_context.http.method} {app.current_event.raw_path}"
-        ).response()
+    def not_found(self, _: Exception) -> Response[str]:
+        event = self.app.current_event
+        return ApiError(404, "not_found", f"no route {event.request_context.http.method} {event.raw_path}").response()
 
-    @app.exception_handler(ApiError)  # type: ignore[untyped-decorator]
-    def api_error(exc: ApiError) -> Response[str]:
-        return exc.response()
-
-    @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
-    def bug(exc: Exception) -> Response[str]:
-        logger.exception("read failed", extra={"route": app.current_event.route_key})
+    def bug(self, exc: Exception) -> Response[str]:
+        logger.exception("read failed", extra={"route": self.app.current_event.route_key})
         return ApiError(500, "internal", "internal error; it has been logged").response()
-
-    return app
 
 
 def _answer(call: Callable[[], Any]) -> Any:

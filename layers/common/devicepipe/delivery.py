@@ -1,9 +1,10 @@
 """Branch reports delivered: three files in S3 and one SNS message per report that changed.
 
-Layout (DESIGN.md): ``reports/branch=<id>/period=<date>/report.{json,csv,html}``. Idempotent per (branch,
-period): every file carries the report's content hash (the report without ``generated_at``) in its metadata, and
-a report whose stored ``report.json`` has the same hash is neither written nor notified, so a re-run without new
-data is silent and one with late readings rewrites the files and notifies ``updated``.
+Layout (docs/architecture.md, "Registry and branch reports"):
+``reports/branch=<id>/period=<date>/report.{json,csv,html}``. Idempotent per (branch, period): every file carries
+the report's content hash (the report without ``generated_at``) in its metadata, and a report whose stored
+``report.json`` has the same hash is neither written nor notified, so a re-run without new data is silent and one
+with late readings rewrites the files and notifies ``updated``.
 
 Order per report: ``report.csv``, ``report.html``, the SNS message, then ``report.json`` last. ``report.json`` is
 the commit marker (the read API serves it and the next run compares with it): whatever fails before it leaves the

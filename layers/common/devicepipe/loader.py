@@ -412,8 +412,7 @@ class Loader:
         except LoadFailed as exc:
             joined = {f.url: f for f in files if f.lines}
             exc.errors = [
-                joined[file].blame(e) if (file := str(e.get("file") or "").strip()) in joined else e
-                for e in exc.errors
+                joined[file].blame(e) if (file := str(e.get("file") or "").strip()) in joined else e for e in exc.errors
             ]
             raise
         return files

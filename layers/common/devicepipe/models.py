@@ -1,4 +1,4 @@
-"""The reading contract (DESIGN.md "The reading"): validation, canonical form and storage keys.
+"""The reading contract (docs/architecture.md, "The reading"): validation, canonical form and storage keys.
 
 A reading is validated and marshalled to DynamoDB's wire format in one pass, because the ingest hot path
 must stay within a small multiple of ``json.loads`` (see ``make bench``).
