@@ -28,14 +28,20 @@ class FakeDynamo:
     """A one-table DynamoDB: BatchWriteItem and PutItem (with the LATEST condition), call counts, latency.
 
     ``latency_s`` sleeps per call (to measure concurrency); ``reject`` names items DynamoDB would refuse
-    (ValidationException, failing the whole BatchWriteItem call as DynamoDB does).
+    (with ``reject_code``, failing the whole BatchWriteItem call as DynamoDB does).
     """
 
-    def __init__(self, latency_s: float = 0.0, reject: Callable[[Item], bool] | None = None) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        reject: Callable[[Item], bool] | None = None,
+        reject_code: str = "ValidationException",
+    ) -> None:
         self.items: dict[tuple[str, str], Item] = {}
         self.calls: Counter[str] = Counter()
         self.latency_s = latency_s
         self.reject = reject
+        self.reject_code = reject_code
         self._lock = threading.Lock()
 
     def batch_write_item(self, **kwargs: Any) -> dict[str, Any]:
@@ -47,7 +53,7 @@ class FakeDynamo:
         if len(by_key) != len(requests):
             raise client_error("ValidationException", "BatchWriteItem", message="duplicate keys in one batch")
         if self.reject and any(self.reject(i) for i in by_key.values()):
-            raise client_error("ValidationException", "BatchWriteItem", message="item refused")
+            raise client_error(self.reject_code, "BatchWriteItem", message="item refused")
         with self._lock:
             self.items.update(by_key)
         return {"UnprocessedItems": {}}
@@ -56,7 +62,7 @@ class FakeDynamo:
         self._call("PutItem")
         item = kwargs["Item"]
         if self.reject and self.reject(item):
-            raise client_error("ValidationException", "PutItem", message="item refused")
+            raise client_error(self.reject_code, "PutItem", message="item refused")
         key = (item["pk"]["S"], item["sk"]["S"])
         with self._lock:
             if kwargs.get("ConditionExpression") == LATEST_CONDITION:

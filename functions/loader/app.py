@@ -39,6 +39,7 @@ def _loader() -> tuple[Loader, Deadline]:
         settings.max_bytes,
         region=settings.region,
         sizing=settings.sizing,
+        deadline=deadline,  # the statements' deadline: joining a manifest that would not fit waits a cycle
     )
     return loader, deadline
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from devicepipe.compaction import Sizing
@@ -613,3 +614,64 @@ def test_devicepipe_loads_shows_a_quarantined_object_and_reloads_it_once_fixed(
     assert loads("reload", key) == (cli.EXIT_OK, f"{key} loaded\n")
     code, out = loads("list")
     assert "quarantined: 0 objects" in out and "pending: 0 staged objects" in out
+
+
+class DenyingS3:
+    """The loader's S3 client, answering GetObject of some keys with an error code (the warehouse reads the
+    objects with a client of its own, as Redshift does with its copy role)."""
+
+    def __init__(self, s3: Any, deny: dict[str, str]) -> None:
+        self.s3, self.deny = s3, deny
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.s3, name)
+
+    def get_object(self, **kw: Any) -> Any:
+        if code := self.deny.get(kw["Key"]):
+            raise ClientError({"Error": {"Code": code, "Message": code}}, "GetObject")
+        return self.s3.get_object(**kw)
+
+
+def test_an_object_the_loader_may_not_read_is_copied_alone_not_quarantined(s3: Any, tmp_path: Path) -> None:
+    """Review of issue 16's joining: an S3 error while joining escaped the cycle and stopped every load behind it.
+    A denied read says nothing of the data (a missing permission denies every object alike): nothing is
+    quarantined for it; halving ends in a COPY of the object alone, which the warehouse reads with its own role."""
+    expected = stage_batches(s3, 6)
+    denied = sorted(o.key for o in Loader(s3, None, US, "staging").staged())[2]  # type: ignore[arg-type]
+    loader = Loader(DenyingS3(s3, {denied: "AccessDenied"}), DuckDBWarehouse(tmp_path / "wh.duckdb", s3), US, "staging")
+    report = loader.run()
+    assert (report.loaded_objects, report.failed, report.deferred) == (6, [], "")
+    assert len(rows(loader.warehouse)) == expected  # type: ignore[arg-type]
+
+
+def test_a_transient_s3_error_while_joining_defers_the_cycle(s3: Any, tmp_path: Path) -> None:
+    expected = stage_batches(s3, 4)
+    key = sorted(o.key for o in Loader(s3, None, US, "staging").staged())[0]  # type: ignore[arg-type]
+    flaky = DenyingS3(s3, {key: "SlowDown"})
+    loader = Loader(flaky, DuckDBWarehouse(tmp_path / "wh.duckdb", s3), US, "staging")
+    report = loader.run()
+    assert report.loaded_objects == 0 and "SlowDown" in report.deferred and not report.failed
+    flaky.deny.clear()
+    assert loader.run().loaded_objects == 4 and len(rows(loader.warehouse)) == expected  # type: ignore[arg-type]
+
+
+def test_an_object_of_a_files_size_is_copied_as_it_is(s3: Any, tmp_path: Path) -> None:
+    """Joining it gains nothing, and a large hand-made object would be decompressed whole in the function."""
+    stage_batches(s3, 5)
+    staged = Loader(s3, None, US, "staging").staged()  # type: ignore[arg-type]
+    largest = max(staged, key=lambda o: o.size)
+    loader = loader_for(s3, tmp_path, sizing=Sizing(min_file_bytes=largest.size, slices=1))
+    files = loader.copy_files(loader.plan(staged)[0])
+    assert largest.url in [f.url for f in files]
+    assert sorted(o.url for f in files for o in f.objects) == sorted(o.url for o in staged)
+
+
+def test_a_join_that_would_outlast_the_invocation_waits_for_the_next_cycle(s3: Any, tmp_path: Path) -> None:
+    stage_batches(s3, 4)
+    loader = loader_for(s3, tmp_path, deadline=Deadline(lambda: 0, 0))
+    report = loader.run()
+    assert report.loaded_objects == 0 and "no time left to join" in report.deferred
+    # without joining there is nothing to fit: the COPY's own deadline is the warehouse adapter's
+    (tmp_path / "unjoined").mkdir()
+    unjoined = loader_for(s3, tmp_path / "unjoined", sizing=Sizing(0), deadline=Deadline(lambda: 0, 0))
+    assert unjoined.run().loaded_objects == 4

@@ -312,9 +312,11 @@ def test_failed_quarantine_write_is_retried_not_lost(executor: ThreadPoolExecuto
     assert report.written == 3
 
 
-def test_item_refused_by_dynamodb_is_isolated_and_quarantined(executor: ThreadPoolExecutor) -> None:
-    # Given DynamoDB refusing one item (which fails its whole BatchWriteItem call)
-    dynamo = FakeDynamo(reject=lambda item: item["device_id"]["S"] == "dev-7")
+@pytest.mark.parametrize("code", ["ValidationException", "SerializationException"])
+def test_item_refused_by_dynamodb_is_isolated_and_quarantined(executor: ThreadPoolExecutor, code: str) -> None:
+    # Given DynamoDB refusing one item (which fails its whole BatchWriteItem call); a malformed attribute value
+    # comes back as SerializationException
+    dynamo = FakeDynamo(reject=lambda item: item["device_id"]["S"] == "dev-7", reject_code=code)
     ingestor, s3 = make(executor, dynamo)
     report = ingestor.ingest(event_of(readings(40, devices=40)))
     # Then the other 39 are stored and the refused one is quarantined with DynamoDB's reason

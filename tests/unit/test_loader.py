@@ -83,6 +83,10 @@ def test_loader_settings_name_one_bucket_in_the_functions_own_region() -> None:
     )
     with pytest.raises(ConfigError, match="WAREHOUSE_SLICES"):
         LoaderSettings.from_env({**env, "WAREHOUSE_SLICES": "0"})
+    with pytest.raises(ConfigError, match="COPY_FILE_MIN_BYTES must not be above COPY_FILE_MAX_BYTES"):
+        LoaderSettings.from_env({**env, "COPY_FILE_MIN_BYTES": str(128 * 2**20), "COPY_FILE_MAX_BYTES": str(2**20)})
+    with pytest.raises(ConfigError, match="COPY_FILE_MAX_BYTES"):  # one joined file is held in memory
+        LoaderSettings.from_env({**env, "COPY_FILE_MAX_BYTES": str(2**30)})
     # the former multi-region setting is refused with what to do instead
     with pytest.raises(ConfigError, match="STAGING_SOURCES is no longer read"):
         LoaderSettings.from_env({**env, "STAGING_SOURCES": "staging-us:us-east-1,staging-eu:eu-west-1"})

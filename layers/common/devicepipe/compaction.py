@@ -31,8 +31,7 @@ MIN_FILE_BYTES = MIB
 MAX_FILE_BYTES = 64 * MIB
 #: zlib level of a joined file: 6 compresses about as well as the stager's 9 at a fraction of its CPU.
 LEVEL = 6
-_GZIP = 31  # wbits: a gzip header and trailer, one member
-_ANY_MEMBERS = 47  # wbits: gzip or zlib header, detected
+_GZIP = 31  # wbits: a gzip header and trailer (what COPY's GZIP option reads)
 
 
 class CorruptObject(ValueError):
@@ -115,7 +114,7 @@ def _gunzip(name: str, body: bytes) -> bytes:
     rest = body
     try:
         while rest:
-            member = zlib.decompressobj(_ANY_MEMBERS)
+            member = zlib.decompressobj(_GZIP)
             text.append(member.decompress(rest))
             if not member.eof:
                 raise CorruptObject(name, "not gzip: truncated")

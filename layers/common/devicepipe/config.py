@@ -228,10 +228,12 @@ class LoaderSettings:
             # COPY files joined from staged objects (devicepipe.compaction); COPY_FILE_MIN_BYTES=0 never joins.
             sizing=Sizing(
                 e.integer("COPY_FILE_MIN_BYTES", MIN_FILE_BYTES, 0, 1024**3),
-                e.integer("COPY_FILE_MAX_BYTES", MAX_FILE_BYTES, 1024 * 1024, 1024**3),
+                e.integer("COPY_FILE_MAX_BYTES", MAX_FILE_BYTES, 1024 * 1024, 256 * 1024 * 1024),  # held in memory
                 e.integer("WAREHOUSE_SLICES", Sizing().slices, 1, 1024),
             ),
         )
+        if settings.sizing.min_file_bytes > settings.sizing.max_file_bytes:
+            e.problems.append("COPY_FILE_MIN_BYTES must not be above COPY_FILE_MAX_BYTES")
         e.check("LoaderFunction settings")
         return settings
 

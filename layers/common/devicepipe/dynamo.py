@@ -62,6 +62,11 @@ def write_client(**options: Any) -> Any:
     return send_items_as_is(boto3.client("dynamodb", config=config))
 
 
+#: Errors by which DynamoDB refuses an item itself (a malformed attribute value comes back as SerializationException,
+#: not ValidationException): the same item fails every retry, so it is quarantined, not retried.
+REFUSED_ITEM = ("ValidationException", "SerializationException")
+
+
 #: The writes whose items ``send_items_as_is`` sets aside (``RequestItems``' lists, ``Item``); the table names stay,
 #: since the endpoint rules read them from BatchWriteItem's ``RequestItems``.
 _ITEM_WRITES = ("BatchWriteItem", "PutItem")
@@ -267,7 +272,7 @@ class DynamoWriter:
         try:
             outcome = self.retrier.run(attempt)
         except Exception as exc:
-            if error_code(exc) == "ValidationException":
+            if error_code(exc) in REFUSED_ITEM:
                 # One item DynamoDB refuses fails the whole call: find it by writing the chunk one by one.
                 return self._write_singly(items, pending, result)
             logger.exception("BatchWriteItem failed with a non-retryable error", extra={"code": error_code(exc)})
@@ -304,7 +309,7 @@ class DynamoWriter:
             code = error_code(exc)
             if code == "ConditionalCheckFailedException":
                 return "stale", "", 0, calls
-            if code == "ValidationException":
+            if code in REFUSED_ITEM:
                 return "rejected", f"rejected by DynamoDB: {exc}", 0, calls
             logger.exception("PutItem failed with a non-retryable error", extra={"code": code})
             return "failed", f"{code or type(exc).__name__}: {exc}", 0, calls

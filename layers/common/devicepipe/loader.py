@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from devicepipe.compaction import CorruptObject, Sizing, groups, join, locate
 from devicepipe.observability import logger
-from devicepipe.retry import Backoff
+from devicepipe.retry import Backoff, Deadline, error_code
 from devicepipe.staging import PREFIX as STAGED_PREFIX
 from devicepipe.warehouse import (
     DDL,
@@ -62,8 +64,16 @@ QUARANTINE_PREFIX = f"{MANIFEST_PREFIX}/quarantine"
 #: Joined COPY files: disposable copies of staged objects, needed only until their load commits (the staging
 #: bucket's lifecycle expires them; a retried load rewrites the same keys).
 COMPACTED_PREFIX = f"{MANIFEST_PREFIX}/compacted"
-#: Staged objects fetched at once while joining (S3 GETs of about 100 KiB: latency, not bandwidth, bound).
+#: Staged objects fetched at once while joining (S3 GETs of about 100 KiB: latency, not bandwidth, bound); at
+#: most twice as many are held fetched and not yet joined.
 FETCH_THREADS = 16
+#: Seconds of joining per MiB of staged gzip on LoaderFunction's 512 MB (about 0.3 of a vCPU: 122 ms per MiB
+#: measured on a full core by make bench, rounded up): a manifest whose joining would not fit in what is left of
+#: the invocation is left for the next cycle.
+JOIN_S_PER_MIB = 0.5
+#: S3 errors on one object that say nothing of the object's data: it is not quarantined for them (nothing is, if
+#: nothing loads: a missing permission fails every object alike), the load fails permanently and is isolated.
+_DENIED = ("AccessDenied", "InvalidObjectState", "KMS.DisabledException", "KMS.KMSInvalidStateException")
 #: How long after its hour an object may still appear in the bucket: the stager's MaximumRecordAgeInSeconds
 #: (3600: older records go to its on-failure queue, not to staging) + its timeout and batching window (70 s) +
 #: S3 Replication Time Control's 15 minutes for the other region's replicas, rounded up with a margin.
@@ -251,6 +261,8 @@ class Loader:
         How far behind the newest hour seen of an origin its watermark stays (see ``LATE_ARRIVAL_S``).
     sizing
         How a load's objects are joined into COPY files (``compaction.Sizing``; ``Sizing(0)`` never joins).
+    deadline
+        The invocation's time left: a manifest is joined only if that fits (``JOIN_S_PER_MIB``).
     """
 
     s3: Any
@@ -263,6 +275,7 @@ class Loader:
     region: str = ""
     late_arrival_s: float = LATE_ARRIVAL_S
     sizing: Sizing = field(default_factory=Sizing)
+    deadline: Deadline = field(default_factory=Deadline.unlimited)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     _schema_ready: bool = False
@@ -389,7 +402,11 @@ class Loader:
         """Join the manifest's objects into COPY files, write the COPY manifest and the ledger file, and load them
         in one transaction; return the files read. Raises ``LoadFailed``: a warehouse error that names a joined
         file lists that file's ``objects``; an object that is not gzip fails the load before any COPY."""
-        files = self.copy_files(manifest)
+        try:
+            files = self.copy_files(manifest)
+        except CorruptObject as exc:
+            error = {"file": exc.name, "line": 0, "column": None, "reason": exc.reason}
+            raise LoadFailed(str(exc), retryable=False, errors=[error]) from None
         self.s3.put_object(
             Bucket=self.manifest_bucket,
             Key=manifest.key,
@@ -420,31 +437,44 @@ class Loader:
     def copy_files(self, manifest: Manifest) -> list[CopyFile]:
         """The files a load reads: runs of its objects joined (``compaction``), written under ``COMPACTED_PREFIX``
         with keys that depend only on the objects, so a retried load rewrites the same files."""
-        objects = manifest.objects
-        sizes = [o.size for o in objects]
-        runs = groups(sizes, self.sizing.file_count(sum(sizes), len(objects)))
-        files = []
+        large = self.sizing.min_file_bytes or None  # an object of a file's size is a file as it is
+        whole = [CopyFile(o.url, o.size, (o,)) for o in manifest.objects if large and o.size >= large]
+        small = tuple(o for o in manifest.objects if not (large and o.size >= large))
+        sizes = [o.size for o in small]
+        joined_mib = sum(sizes) / 2**20 if len(small) > 1 and large else 0.0
+        if joined_mib and not self.deadline.allows(joined_mib * JOIN_S_PER_MIB):
+            raise LoadFailed(f"no time left to join {joined_mib:.0f} MiB of staged objects", retryable=True)
+        runs = groups(sizes, self.sizing.file_count(sum(sizes), len(small)))
+        files = list(whole)
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
             for number, run in enumerate(runs):
-                members = objects[run.start : run.stop]
+                members = small[run.start : run.stop]
                 if len(members) == 1:
                     files.append(CopyFile(members[0].url, members[0].size, members))
                     continue
-                body, lines = self._join(pool, members)
+                body, lines = join(self._fetched(pool, members))
                 key = f"{COMPACTED_PREFIX}/{manifest.digest}/part-{number:04d}-of-{len(runs):04d}.jsonl.gz"
                 self.s3.put_object(Bucket=self.manifest_bucket, Key=key, Body=body, ContentType="application/gzip")
                 files.append(CopyFile(f"s3://{self.manifest_bucket}/{key}", len(body), members, tuple(lines)))
         return files
 
-    def _join(self, pool: ThreadPoolExecutor, members: Sequence[StagedObject]) -> tuple[bytes, list[int]]:
-        def fetch(obj: StagedObject) -> tuple[str, bytes]:
-            return obj.url, self.s3.get_object(Bucket=self.source.bucket, Key=obj.key)["Body"].read()
+    def _fetched(self, pool: ThreadPoolExecutor, members: Sequence[StagedObject]) -> Iterator[tuple[str, bytes]]:
+        """The members' bodies in order, fetched ``FETCH_THREADS`` at a time, a window ahead at most. Raises
+        ``LoadFailed``: retryable for an S3 error a later cycle may not see, permanent (not pinned on the object)
+        for a denied one, permanent and pinned on the object for one that is not gzip (raised by ``join``)."""
+        window = 2 * FETCH_THREADS
+        for first in range(0, len(members), window):
+            chunk = members[first : first + window]
+            try:
+                bodies = list(pool.map(self._body, chunk))
+            except (ClientError, BotoCoreError) as exc:
+                code = error_code(exc)
+                raise LoadFailed(f"staged object not read: {exc}", retryable=code not in _DENIED) from None
+            yield from zip((o.url for o in chunk), bodies, strict=True)
 
-        try:
-            return join(pool.map(fetch, members))
-        except CorruptObject as exc:
-            error = {"file": exc.name, "line": 0, "column": None, "reason": exc.reason}
-            raise LoadFailed(str(exc), retryable=False, errors=[error]) from None
+    def _body(self, obj: StagedObject) -> bytes:
+        body: bytes = self.s3.get_object(Bucket=self.source.bucket, Key=obj.key)["Body"].read()
+        return body
 
     def run(self, prefix: str | None = None) -> LoadReport:
         """One cycle: the scheduled window (``prefix`` None), or a backfill of everything not loaded under it."""
@@ -521,7 +551,7 @@ class Loader:
             self._load_isolating([o for o in objects if o.url not in named], cycle)
             return
         suspects = {url for e in failure.errors for url in e.get("objects", ())}
-        if suspects and len(suspects & {o.url for o in objects}) < len(objects):  # a joined file was named
+        if 0 < len(suspects & {o.url for o in objects}) < len(objects):  # a joined file was named
             self._load_isolating([o for o in objects if o.url not in suspects], cycle)
             self._load_isolating([o for o in objects if o.url in suspects], cycle)
             return
