@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devicepipe.compaction import Sizing
+from devicepipe.loader import LATE_ARRIVAL_S
 from devicepipe_tools.local.esm import matches
 from devicepipe_tools.local.resources import RegionResources, Resolver
 from devicepipe_tools.template import function_environment
@@ -106,13 +107,14 @@ class Profile:
     basis: str = ""
 
 
-#: Per role, from the README's benchmark figures (see docs/plan.md for how each number was derived).
+#: Per role, from `make bench` through the functions' real boto3 clients (docs/benchmarks.md; docs/plan.md says how
+#: each number was derived).
 PROFILES = {
     "ingest": Profile(
-        16.0, 15.5, 26.5, "README bench: 57-59 ms per 1,000 records with DynamoDB at 8 ms; 15.5 us CPU per record"
+        16.0, 47.5, 4.0, "make bench, real client: 62-73 ms per 1,000 records with DynamoDB at 8 ms; 47.5 us CPU each"
     ),
-    "cache": Profile(3.0, 23.0, 0.0, "README bench: 1 Redis round trip per batch, 23 us CPU per record"),
-    "stager": Profile(25.0, 26.0, 0.0, "README bench: 1 S3 PUT per batch (~25 ms assumed), 26 us CPU per record"),
+    "cache": Profile(3.0, 24.6, 0.0, "make bench, real clients: 1 Redis round trip per batch, 24.6 us CPU per record"),
+    "stager": Profile(25.0, 16.0, 0.0, "make bench, real client: 1 S3 PUT per batch (~25 ms assumed), 16 us CPU each"),
     "repair": Profile(2.0, 5.0, 0.0, "assumed: compares two images per record; writes only on (rare) regressions"),
     "stream": Profile(5.0, 25.0, 0.0, "assumed for a stream function without a benchmark figure"),
 }
@@ -1103,11 +1105,11 @@ class _Staging:
 
     @property
     def lists_per_cycle(self) -> dict[str, int]:
-        primary = self.flow.fleet.primary
-        return {
-            region: math.ceil(self.retained_objects * share / S3_LIST_PAGE) + (1 if region == primary else 0)
-            for region, share in self.loaded.items()
-        }
+        """A cycle lists each origin from its watermark, which stays ``LATE_ARRIVAL_S`` behind the newest hour
+        (``devicepipe.loader``): that window's keys, one quarantine listing an origin, one listing of the origins."""
+        window_s = LATE_ARRIVAL_S + 3600 + self.flow.settings.load_interval_minutes * 60
+        per_origin = math.ceil(self.objects_per_s * window_s / S3_LIST_PAGE) + 1
+        return {region: per_origin * share + 1 for region, share in self.loaded.items()}
 
     def add_to(self, bill: _Bill) -> dict[str, Any]:
         """Adds each region's staging cost; returns the staging needs."""
@@ -1127,23 +1129,33 @@ class _Staging:
             "list_requests_per_cycle": sum(lists_per_cycle.values()),
             "copy_files_per_cycle": self.per_cycle(copy_files_for),
         }
+        copy_files = needs["copy_files_per_cycle"] * self.flow.cycles_per_month
         for rs in self.flow.settings.regions:
             manifest_calls = manifests_per_cycle * self.flow.cycles_per_month if rs.primary else 0.0
-            self._bill_requests(bill, rs.region, manifest_calls, lists_per_cycle)
+            self._bill_requests(bill, rs.region, manifest_calls, lists_per_cycle, copy_files if rs.primary else 0.0)
             self._bill_storage_and_transfer(bill, rs)
         return needs
 
-    def _bill_requests(self, bill: _Bill, region: str, manifest_calls: float, lists_per_cycle: dict[str, int]) -> None:
+    def _bill_requests(
+        self, bill: _Bill, region: str, manifest_calls: float, lists_per_cycle: dict[str, int], copy_files: float
+    ) -> None:
         replica_objects = self.objects_month * (self.held[region] - 1)
         bill.add("S3 staging", region, "s3.put_thousand", self.objects_month, "PUT requests (staged objects)", per=1000)
         if replica_objects:
             bill.add("S3 staging", region, "s3.put_thousand", replica_objects, "PUT requests (replicas)", per=1000)
         if manifest_calls:
-            bill.add("S3 staging", region, "s3.put_thousand", manifest_calls, "PUT requests (manifests)", per=1000)
+            puts = 2 * manifest_calls  # each manifest and its ledger file
+            bill.add("S3 staging", region, "s3.put_thousand", puts, "PUT requests (manifests)", per=1000)
         if region in lists_per_cycle:
             calls = lists_per_cycle[region] * self.flow.cycles_per_month
             bill.add("S3 staging", region, "s3.put_thousand", calls, "LIST requests (loader)", per=1000)
-            gets = self.objects_month * self.loaded[region] + manifest_calls
+            # The loader reads every staged object to join it (devicepipe.compaction) and writes the joined files;
+            # COPY reads those, the manifest and its ledger file.
+            staged = self.objects_month * self.loaded[region]
+            bill.add("S3 staging", region, "s3.get_thousand", staged, "GET requests (loader joining)", per=1000)
+            if copy_files:
+                bill.add("S3 staging", region, "s3.put_thousand", copy_files, "PUT requests (joined files)", per=1000)
+            gets = copy_files + 2 * manifest_calls
             bill.add("S3 staging", region, "s3.get_thousand", gets, "GET requests (COPY)", per=1000)
 
     def _bill_storage_and_transfer(self, bill: _Bill, rs: RegionSettings) -> None:
@@ -1326,7 +1338,8 @@ def assumptions(fleet: Fleet) -> list[str]:
         f"read API: {fleet.reads_per_s:g} requests/s over all regions (--reads-per-second), "
         f"{fleet.cache_hit_ratio:.0%} cache hits (--cache-hit-ratio), "
         "mix 70% latest / 25% branch listings / 5% branch list",
-        "Lambda durations from the README benchmarks (one core taken as one vCPU; scaled by 1,769 MB / MemorySize)",
+        "Lambda durations from make bench through real boto3 clients (docs/benchmarks.md; one core taken as one "
+        "vCPU; scaled by 1,769 MB / MemorySize)",
         f"DynamoDB items: reading JSON + {READING_ITEM_EXTRA_BYTES} B, LATEST + {LATEST_ITEM_EXTRA_BYTES} B; "
         f"TTL deletes lag {TTL_LAG_DAYS} days; "
         f"one stream shard per ~{PARTITION_GB} GB or {PARTITION_WRITE_UNITS} write units/s",
