@@ -1114,6 +1114,7 @@ class _Staging:
     def add_to(self, bill: _Bill) -> dict[str, Any]:
         """Adds each region's staging cost; returns the staging needs."""
         manifests_per_cycle = self.per_cycle(manifests_for)
+        copy_files_per_cycle = self.per_cycle(copy_files_for)
         lists_per_cycle = self.lists_per_cycle
         needs = {
             "objects_per_month_per_region": self.objects_month,
@@ -1127,9 +1128,9 @@ class _Staging:
             "objects_per_cycle": self.objects_per_cycle * sum(self.loaded.values()),
             "manifests_per_cycle": manifests_per_cycle,
             "list_requests_per_cycle": sum(lists_per_cycle.values()),
-            "copy_files_per_cycle": self.per_cycle(copy_files_for),
+            "copy_files_per_cycle": copy_files_per_cycle,
         }
-        copy_files = needs["copy_files_per_cycle"] * self.flow.cycles_per_month
+        copy_files = copy_files_per_cycle * self.flow.cycles_per_month
         for rs in self.flow.settings.regions:
             manifest_calls = manifests_per_cycle * self.flow.cycles_per_month if rs.primary else 0.0
             self._bill_requests(bill, rs.region, manifest_calls, lists_per_cycle, copy_files if rs.primary else 0.0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devicepipe.loader import LATE_ARRIVAL_S
 from devicepipe_tools import plan
 from devicepipe_tools.cli import EXIT_OK, EXIT_USAGE, main
 from devicepipe_tools.template import load_template, parameter_default, resource
@@ -321,7 +322,7 @@ def test_a_load_cycle_lists_a_window_not_the_retained_history() -> None:
     assert s_long["list_requests_per_cycle"] == s_short["list_requests_per_cycle"]
     # both origins in the primary's bucket: each origin's window in pages, its quarantine listing, the origins
     per_s = s_short["objects_per_month_per_region"] / MONTH_S
-    window_s = plan.LATE_ARRIVAL_S + 3600 + 15 * 60
+    window_s = LATE_ARRIVAL_S + 3600 + 15 * 60
     assert s_short["list_requests_per_cycle"] == 2 * (math.ceil(per_s * window_s / plan.S3_LIST_PAGE) + 1) + 1
     joined = _quantity(short, "S3 staging", "GET requests (loader joining)")
     assert joined == pytest.approx(2 * s_short["objects_per_month_per_region"])
