@@ -61,20 +61,22 @@ def deaggregate(data: bytes) -> list[SubRecord]:
                 keys.append(bytes(value).decode())
             elif field == 3:
                 raw_records.append(bytes(value))
-        out = []
-        for raw in raw_records:
-            key_index, payload = None, None
-            for field, value in _fields(raw):
-                if field == 1:
-                    key_index = value
-                elif field == 3:
-                    payload = bytes(value)
-            if not isinstance(key_index, int) or payload is None or key_index >= len(keys):
-                raise AggregationError("KPL aggregated record: sub-record lacks partition key or data")
-            out.append(SubRecord(keys[key_index], payload))
-        return out
+        return [_sub_record(raw, keys) for raw in raw_records]
     except (IndexError, UnicodeDecodeError, TypeError) as exc:
         raise AggregationError(f"KPL aggregated record: malformed protobuf ({exc})") from None
+
+
+def _sub_record(raw: bytes, keys: list[str]) -> SubRecord:
+    """One user record of an aggregated record: its partition key (an index into ``keys``) and its data."""
+    key_index, payload = None, None
+    for field, value in _fields(raw):
+        if field == 1:
+            key_index = value
+        elif field == 3:
+            payload = bytes(value)
+    if not isinstance(key_index, int) or payload is None or key_index >= len(keys):
+        raise AggregationError("KPL aggregated record: sub-record lacks partition key or data")
+    return SubRecord(keys[key_index], payload)
 
 
 def aggregate(records: list[SubRecord]) -> bytes:
