@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 
 from devicepipe_tools.local.net import free_port, wait_listening  # noqa: E402
 from devicepipe_tools.local.postgres import LocalPostgres, PostgresUnavailable, start_postgres  # noqa: E402
-from devicepipe_tools.template import load_template  # noqa: E402
+from devicepipe_tools.template import ROOT, load_template  # noqa: E402
 
 
 @dataclass
@@ -103,3 +104,26 @@ def private_postgres() -> Iterator[LocalPostgres]:
     yield server
     server.stop()
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter with the project's code and layer on its path and ``env`` over a minimal
+    environment (what a module does at import, e.g. a function's cold start); its standard output."""
+    base = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common")]),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_SERVICE_NAME": "tests",
+        "POWERTOOLS_METRICS_NAMESPACE": "devicepipe",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

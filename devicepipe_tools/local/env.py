@@ -14,9 +14,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
-from devicepipe_tools.local.stack import base_env, region_resources
+from devicepipe_tools.local.net import port_plan
+from devicepipe_tools.local.postgres import DATABASE
+from devicepipe_tools.local.resources import create_region
+from devicepipe_tools.local.stack import base_env, lambda_env, reader_url, region_resources
+from devicepipe_tools.template import ROOT, load_template
 
 #: Services of the resources whose names clients need (the service part of each resource's ARN).
 _CLIENT_SERVICES = ("kinesis", "dynamodb", "s3", "sqs", "sns")
@@ -57,3 +62,43 @@ def _service(arn: str) -> str:
 
 def _snake(logical_id: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", logical_id).upper()
+
+
+#: ``events/env.json`` is for the local stack started with ``devicepipe local up --port 4566``: moto on 4566, Redis
+#: on 4567, the registry on 4568 (devicepipe_tools/local/net.py's port plan), region us-east-1.
+ENV_VARS_PORT, ENV_VARS_REGION = 4566, "us-east-1"
+
+
+def local_env_vars(port: int = ENV_VARS_PORT, region: str = ENV_VARS_REGION) -> dict[str, dict[str, str]]:
+    """``events/env.json``: every function's environment on a local stack started on fixed ports, in SAM's
+    ``--env-vars`` format (``{"IngestFunction": {"TABLE_NAME": ...}}``), resolved the way the stack resolves it:
+    the template's resources created on a moto server, named, then each function's variables and the stack's own
+    (endpoint, dummy credentials, ``REDIS_URL``, ``REGISTRY_URL``)."""
+    # imported here: 0.3 s that every `devicepipe local env` would pay otherwise
+    from moto.server import ThreadedMotoServer
+
+    template = load_template()
+    ports = port_plan(port, (region,))
+    endpoint = f"http://127.0.0.1:{ports['moto']}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, moto_port = server.get_host_and_port()
+        res = create_region(template, region, f"http://{host}:{moto_port}")
+    finally:
+        server.stop()
+    res.names = {k: v.replace(f"http://{host}:{moto_port}", endpoint) for k, v in res.names.items()}
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    registry_url = reader_url(f"postgresql://postgres@127.0.0.1:{ports['registry']}/{DATABASE}")
+    functions = [k for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"]
+    return {f: lambda_env(template, f, endpoint, redis_url, res, registry_url) for f in functions}
+
+
+def write_env_vars(path: Path = ROOT / "events" / "env.json") -> Path:
+    """Write ``local_env_vars`` to ``events/env.json``: ``python -m devicepipe_tools.local.env``."""
+    path.write_text(json.dumps(local_env_vars(), indent=2) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(write_env_vars().relative_to(ROOT))

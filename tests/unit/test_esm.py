@@ -86,6 +86,13 @@ def run(spec: MappingSpec, source: FakeSource, fn: Recorder, until: Callable[[],
     return sent
 
 
+def wait_until(done: Callable[[], bool], timeout_s: float = 5) -> None:
+    """Poll ``done`` until it holds or ``timeout_s`` passed (the test's assertions then say which)."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def spec(**kw: Any) -> MappingSpec:
     base: dict[str, Any] = {
         "logical_id": "M",
@@ -129,9 +136,7 @@ def test_starting_position_latest_skips_existing_records() -> None:
     mapping.start()
     time.sleep(0.1)
     source.put({"n": 99})
-    deadline = time.monotonic() + 5
-    while not fn.delivered and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: bool(fn.delivered))
     mapping.stop()
     assert fn.delivered == [99]
 
@@ -238,9 +243,7 @@ def test_a_paused_mapping_invokes_nothing_and_resumes_where_it_was() -> None:
     assert fn.delivered == []
     # When the region is back, every record is delivered once, in order
     down.clear()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(fn.delivered) < 5:
-        time.sleep(0.02)
+    wait_until(lambda: len(fn.delivered) >= 5)
     mapping.stop()
     assert fn.delivered == list(range(5))
 
@@ -280,9 +283,7 @@ def test_a_restart_redelivers_what_was_read_ahead_but_not_yet_delivered(tmp_path
         checkpoints=Checkpoints(tmp_path / "M.json"),
     )
     mapping.start()
-    deadline = time.monotonic() + 5
-    while len(first.batches) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(first.batches) >= 2)
     mapping.stop()
     # When a new worker starts from the checkpoints
     second = Recorder()
@@ -295,9 +296,7 @@ def test_a_restart_redelivers_what_was_read_ahead_but_not_yet_delivered(tmp_path
         checkpoints=Checkpoints(tmp_path / "M.json"),
     )
     restarted.start()
-    deadline = time.monotonic() + 5
-    while len(second.delivered) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(second.delivered) >= 20)
     restarted.stop()
     # Then it delivers the batch in flight again as it was, then the rest: nothing read ahead is lost
     assert first.batches[0] == list(range(10))

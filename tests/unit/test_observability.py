@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +10,7 @@ import pytest
 
 from devicepipe.observability import NoTracer, make_tracer, tracing_enabled
 from devicepipe_tools.template import ROOT
+from tests.conftest import run_python
 
 TRACE_ID = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 
@@ -46,27 +44,6 @@ def test_the_stand_in_decorators_return_the_function_itself() -> None:
     assert tracer.capture_method(capture_error=False)(handler) is handler
     tracer.put_annotation("k", "v")
     tracer.put_metadata("k", {"v": 1})
-
-
-def run_python(code: str, **env: str) -> str:
-    base = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common")]),
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "POWERTOOLS_SERVICE_NAME": "tests",
-        "POWERTOOLS_METRICS_NAMESPACE": "devicepipe",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**base, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_with_tracing_off_no_function_loads_the_xray_sdk() -> None:

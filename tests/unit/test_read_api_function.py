@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from devicepipe_tools.template import ROOT
+from tests.conftest import run_python
 
 CHILD = """
 import boto3.session
@@ -30,15 +26,5 @@ print(seen["region"])
 
 
 def test_the_region_comes_from_lambdas_environment_without_a_session_at_import() -> None:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "layers" / "common")]),
-        "AWS_REGION": "eu-west-1",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["eu-west-1"]
+    out = run_python(CHILD, AWS_REGION="eu-west-1", AWS_DEFAULT_REGION="eu-west-1", POWERTOOLS_TRACE_DISABLED="true")
+    assert out.split() == ["eu-west-1"]

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from devicepipe_tools.cli import event_problem
-from devicepipe_tools.events import local_env_vars, sample_events
+from devicepipe_tools.events import sample_events
+from devicepipe_tools.local.env import local_env_vars
 from devicepipe_tools.template import ROOT, load_template
 
 #: The folder of events/ each function's samples live in.
